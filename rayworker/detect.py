@@ -1,0 +1,879 @@
+"""The pure detector: a batch of events in; alerts, rejections, late events and metrics out.
+
+Semantics (the README quotes this):
+
+* **Watermarks are per tenant.** A tenant's watermark is the largest event time seen for that
+  tenant minus the allowed lateness. An event older than its tenant's watermark is *late*: it
+  is reported and counted, never silently dropped, and not counted by rules. Keeping
+  watermarks per tenant means another tenant's traffic can never make your events late.
+* **A hit** is a matching event whose window ``(t - W, t]`` (its own group, its own tenant)
+  meets the rule's condition. Events that arrive out of order but within the lateness are
+  placed at their event time, and the hits they reveal are found, so the hits are those of the
+  events sorted by time, whatever the arrival order or batch split.
+* **Monotone conditions** (``gte``/``gt``, sequences, ``time_of_day`` with a minimum) fire as
+  soon as the hit is seen. Other conditions (``lt``, ``eq``, ...) can be undone by a later
+  event, so they are evaluated once the watermark has passed the event.
+* **Alerts** group hits by fingerprint (tenant, rule, group values) and aligned suppression
+  period (see :mod:`rayworker.alerts`). Each result carries the alerts created or changed by
+  that batch in their latest state; fold them by id (:class:`rayworker.alerts.AlertBook`).
+  ``count`` is the number of events in the first hit's window, counted up to
+  ``max(N, evidence_cap)``; ``evidence`` holds the latest ``evidence_cap`` event ids of that
+  window (the distinct values' latest events, or the events completing a sequence).
+* **Duplicates**: an event id already in a key's window is not counted again.
+* **Future-dated events** (beyond ``max_future_s`` of the injected clock) are rejected: one
+  such event would otherwise move the tenant's watermark ahead and blind its detection.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+from rayworker.alerts import Alert, alert_id, fingerprint, iso_utc
+from rayworker.clock import Clock, SystemClock
+from rayworker.errors import ConfigError, StateError
+from rayworker.events import (
+    DecodeResult,
+    EventBatch,
+    EventDecoder,
+    Rejection,
+    RejectReason,
+)
+from rayworker.rules import (
+    DistinctRule,
+    Overrides,
+    RulePack,
+    SequenceRule,
+    compile_filter,
+    compile_steps,
+)
+from rayworker.windows import KeyWindow, distinct_at, sequence_at, window_range
+
+if TYPE_CHECKING:
+    from rayworker.rules import Predicate, Rule
+
+__all__ = [
+    "DetectionResult",
+    "Detector",
+    "DetectorConfig",
+    "LateEvent",
+    "MetricDeltas",
+]
+
+_US = 1_000_000
+_SNAPSHOT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How the detector treats time, suppression and bounds."""
+
+    allowed_lateness_s: float = 60.0
+    suppression_s: float = 300.0
+    max_future_s: float | None = 300.0
+    evidence_cap: int = 100
+    naive_timestamps: Literal["utc", "reject"] = "utc"
+    max_events_per_key: int = 100_000
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (0 <= self.allowed_lateness_s <= 7 * 86400):
+            problems.append(
+                f"allowed_lateness_s: got {self.allowed_lateness_s}; use 0..604800 seconds"
+            )
+        if not (0 < self.suppression_s <= 30 * 86400):
+            problems.append(f"suppression_s: got {self.suppression_s}; use (0, 2592000] seconds")
+        if self.max_future_s is not None and self.max_future_s < 0:
+            problems.append(f"max_future_s: got {self.max_future_s}; use >= 0, or None to allow")
+        if not (1 <= self.evidence_cap <= 10_000):
+            problems.append(f"evidence_cap: got {self.evidence_cap}; use 1..10000")
+        if self.max_events_per_key < 10:
+            problems.append(f"max_events_per_key: got {self.max_events_per_key}; use >= 10")
+        if problems:
+            msg = "invalid detector config: " + "; ".join(problems)
+            raise ConfigError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event older than its tenant's watermark when it arrived."""
+
+    event_id: str
+    tenant: str
+    timestamp_us: int
+    watermark_us: int
+    index: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The late event as a JSON record."""
+        return {
+            "event_id": self.event_id,
+            "tenant": self.tenant,
+            "timestamp": iso_utc(self.timestamp_us),
+            "watermark": iso_utc(self.watermark_us),
+            "index": self.index,
+        }
+
+
+@dataclass
+class MetricDeltas:
+    """Counts produced by one call, per tenant; merge them to total."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    late: Counter[str] = field(default_factory=Counter)
+    alerts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    alert_updates: Counter[tuple[str, str]] = field(default_factory=Counter)
+    naive_timestamps: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    state_capped: Counter[str] = field(default_factory=Counter)
+
+    def merge(self, other: MetricDeltas) -> None:
+        """Add another set of deltas into this one."""
+        self.events.update(other.events)
+        self.rejected.update(other.rejected)
+        self.late.update(other.late)
+        self.alerts.update(other.alerts)
+        self.alert_updates.update(other.alert_updates)
+        self.naive_timestamps.update(other.naive_timestamps)
+        self.duplicates.update(other.duplicates)
+        self.state_capped.update(other.state_capped)
+
+
+@dataclass
+class DetectionResult:
+    """What one call produced."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    metrics: MetricDeltas = field(default_factory=MetricDeltas)
+
+
+@dataclass(slots=True)
+class _Params:
+    """A rule's parameters for one tenant (the pack with the tenant's overrides)."""
+
+    enabled: bool
+    holds: Any
+    lower: int | None
+    window_us: int
+    suppression_us: int
+    version: str
+    keep: int | None
+    outside: npt.NDArray[np.bool_] | None
+    zone: ZoneInfo | None
+
+
+class _Open:
+    """An alert whose suppression period can still receive hits."""
+
+    __slots__ = ("alert", "first_id", "first_t")
+
+    def __init__(self, alert: Alert, first_t: int, first_id: str) -> None:
+        self.alert = alert
+        self.first_t = first_t
+        self.first_id = first_id
+
+
+def _lower_bound(condition: Any) -> int | None:
+    """The smallest count a monotone condition accepts (None when not monotone)."""
+    if condition.lt is not None or condition.lte is not None:
+        return None
+    if condition.eq is not None or condition.neq is not None:
+        return None
+    bounds = []
+    if condition.gte is not None:
+        bounds.append(int(condition.gte))
+    if condition.gt is not None:
+        bounds.append(int(condition.gt) + 1)
+    return max(bounds) if bounds else 0
+
+
+def _outside_table(hours: Any) -> npt.NDArray[np.bool_]:
+    """A 7x1440 table: is (weekday, minute of day) outside business hours."""
+    table = np.zeros(7 * 1440, dtype=np.bool_)
+    for weekday in range(7):
+        for minute in range(1440):
+            table[weekday * 1440 + minute] = hours.is_outside(minute, weekday)
+    return table
+
+
+class _RuleRuntime:
+    """One rule's compiled predicates and the state of all its keys."""
+
+    def __init__(self, rule: Rule, overrides: Overrides, config: DetectorConfig) -> None:
+        self.rule = rule
+        self.kind: str = rule.kind
+        self.overrides = overrides
+        self.config = config
+        self.predicate = compile_filter(rule.filter)
+        self.steps: tuple[Predicate, ...] = ()
+        self.step_counts: list[int] = []
+        if isinstance(rule, SequenceRule):
+            self.steps = compile_steps(rule)
+            self.step_counts = [step.count for step in rule.steps]
+        self.group_specs: list[tuple[str, ...]] = []
+        for spec in rule.group_by:
+            if isinstance(spec, str):
+                self.group_specs.append((spec,))
+            else:
+                self.group_specs.append(tuple(spec.coalesce))
+        self.group_names: tuple[str, ...] = tuple(rule.group_names)
+        self.distinct_field: str | None = rule.field if isinstance(rule, DistinctRule) else None
+        self.windows: dict[tuple[Any, ...], KeyWindow] = {}
+        self.open: dict[tuple[Any, ...], dict[int, _Open]] = {}
+        self._params: dict[str, _Params] = {}
+        self._tables: dict[Any, npt.NDArray[np.bool_]] = {}
+        self.events_since_sweep = 0
+
+    def params(self, tenant: str) -> _Params:
+        cached = self._params.get(tenant)
+        if cached is not None:
+            return cached
+        eff = self.overrides.effective(self.rule, tenant)
+        window_us = round(eff.window_s * _US)
+        suppression_s = (
+            eff.suppression_s if eff.suppression_s is not None else self.config.suppression_s
+        )
+        if eff.condition is None:
+            holds = None
+            lower: int | None = sum(self.step_counts)
+            monotone = True
+        else:
+            holds = eff.condition.holds
+            lower = _lower_bound(eff.condition)
+            monotone = lower is not None
+        keep: int | None = None
+        if monotone and self.kind != "sequence":
+            keep = max(lower or 0, self.config.evidence_cap, 1)
+        outside = None
+        zone = None
+        if self.kind == "time_of_day":
+            hours = eff.business_hours
+            outside = self._tables.get(hours)
+            if outside is None:
+                outside = self._tables[hours] = _outside_table(hours)
+            zone = ZoneInfo(eff.timezone)
+        cached = _Params(
+            enabled=eff.enabled,
+            holds=holds,
+            lower=lower,
+            window_us=window_us,
+            suppression_us=max(1, round(suppression_s * _US)),
+            version=eff.version,
+            keep=keep,
+            outside=outside,
+            zone=zone,
+        )
+        self._params[tenant] = cached
+        return cached
+
+
+class Detector:
+    """Detects the rules of a pack over batches of audit events; pure and deterministic."""
+
+    def __init__(
+        self,
+        pack: RulePack,
+        overrides: Overrides | None = None,
+        config: DetectorConfig | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.pack = pack
+        self.overrides = overrides if overrides is not None else Overrides.empty()
+        self.config = config if config is not None else DetectorConfig()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._lateness_us = round(self.config.allowed_lateness_s * _US)
+        self._max_seen: dict[str, int] = {}
+        self._rules = [_RuleRuntime(rule, self.overrides, self.config) for rule in pack.rules]
+        fields: set[str] = set()
+        for rule in pack.rules:
+            fields |= set(rule.fields())
+        self.decoder = EventDecoder(fields, naive_timestamps=self.config.naive_timestamps)
+
+    # --- public API -----------------------------------------------------------------------
+
+    def process_lines(self, lines: Sequence[bytes], *, start_index: int = 0) -> DetectionResult:
+        """Decode JSON lines and detect over them."""
+        decoded: DecodeResult = self.decoder.decode(lines, start_index=start_index)
+        return self.process(decoded.batch, decoded.rejections, start_index=start_index)
+
+    def process(
+        self,
+        batch: EventBatch,
+        rejections: Iterable[Rejection] = (),
+        *,
+        start_index: int = 0,
+    ) -> DetectionResult:
+        """Detect over a decoded batch, in its arrival order."""
+        result = DetectionResult(rejections=list(rejections))
+        metrics = result.metrics
+        n = len(batch)
+        tenants = batch.tenants
+        accepted = np.ones(n, dtype=np.bool_)
+        if n and self.config.max_future_s is not None:
+            horizon = self._now_us() + round(self.config.max_future_s * _US)
+            future = np.flatnonzero(batch.ts > horizon)
+            for i in future.tolist():
+                accepted[i] = False
+                msg = (
+                    f"timestamp {iso_utc(int(batch.ts[i]))} is more than "
+                    f"{self.config.max_future_s:g} s ahead of the clock; fix the producer's clock"
+                )
+                result.rejections.append(
+                    Rejection(
+                        RejectReason.FUTURE_TIMESTAMP,
+                        "timestamp",
+                        msg,
+                        batch.raw[i],
+                        start_index + i,
+                        tenants[i],
+                    )
+                )
+        for rejection in result.rejections:
+            metrics.rejected[(rejection.tenant, rejection.reason.value)] += 1
+        if batch.naive:
+            for i, event in enumerate(batch.events):
+                if event.timestamp.tzinfo is None:
+                    metrics.naive_timestamps[tenants[i]] += 1
+        if n == 0:
+            return result
+
+        wm_after, late = self._advance_watermarks(tenants, batch.ts, accepted)
+        ids = batch.ids()
+        for i in np.flatnonzero(late).tolist():
+            result.late.append(
+                LateEvent(ids[i], tenants[i], int(batch.ts[i]), int(wm_after[i]), start_index + i)
+            )
+            metrics.late[tenants[i]] += 1
+        usable = accepted & ~late
+        metrics.events.update(t for t, ok in zip(tenants, usable.tolist(), strict=True) if ok)
+
+        changed: dict[str, Alert] = {}
+        duplicate_rows: set[int] = set()
+        for runtime in self._rules:
+            self._run_rule(runtime, batch, usable, wm_after, ids, changed, duplicate_rows, metrics)
+        for i in duplicate_rows:
+            metrics.duplicates[tenants[i]] += 1
+        result.alerts = list(changed.values())
+        return result
+
+    def flush(self) -> DetectionResult:
+        """End of input: settle every pending evaluation as if the watermark were infinite."""
+        result = DetectionResult()
+        changed: dict[str, Alert] = {}
+        for runtime in self._rules:
+            self._sweep(runtime, changed, result.metrics, final=True)
+        result.alerts = list(changed.values())
+        return result
+
+    def active_keys(self) -> int:
+        """Number of (rule, tenant, group) keys holding window state."""
+        return sum(len(r.windows) for r in self._rules)
+
+    def watermark(self, tenant: str) -> int | None:
+        """A tenant's watermark in microseconds since the epoch, or None if unseen."""
+        seen = self._max_seen.get(tenant)
+        return None if seen is None else seen - self._lateness_us
+
+    # --- watermarks ------------------------------------------------------------------------
+
+    def _now_us(self) -> int:
+        now = self.clock.now()
+        return (now - _EPOCH) // timedelta(microseconds=1)
+
+    def _advance_watermarks(
+        self, tenants: list[str], ts: npt.NDArray[np.int64], accepted: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Per event: the tenant's watermark after it, and whether it was late."""
+        lateness = self._lateness_us
+        max_seen = self._max_seen
+        n = len(tenants)
+        wm_after = np.empty(n, dtype=np.int64)
+        late = np.zeros(n, dtype=np.bool_)
+        times = ts.tolist()
+        ok = accepted.tolist()
+        for i in range(n):
+            tenant = tenants[i]
+            t = times[i]
+            seen = max_seen.get(tenant)
+            if not ok[i]:
+                wm_after[i] = (seen if seen is not None else t) - lateness
+                continue
+            if seen is None or t > seen:
+                max_seen[tenant] = seen = t
+            elif t < seen - lateness:
+                late[i] = True
+            wm_after[i] = seen - lateness
+        return wm_after, late
+
+    # --- rules -----------------------------------------------------------------------------
+
+    def _group_columns(self, runtime: _RuleRuntime, batch: EventBatch) -> list[list[Any]]:
+        columns: list[list[Any]] = []
+        for spec in runtime.group_specs:
+            first = batch.values(spec[0])
+            if len(spec) == 1:
+                columns.append(first)
+                continue
+            merged = list(first)
+            for path in spec[1:]:
+                other = batch.values(path)
+                merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
+            columns.append(merged)
+        return columns
+
+    def _candidates(
+        self, runtime: _RuleRuntime, batch: EventBatch, usable: npt.NDArray[np.bool_]
+    ) -> tuple[npt.NDArray[np.bool_], list[int] | None]:
+        """Which events the rule counts, and for sequences each event's step bit mask."""
+        mask = usable & runtime.predicate.mask(batch)
+        step_tags: list[int] | None = None
+        if runtime.steps:
+            bits = np.zeros(len(batch), dtype=np.int64)
+            for k, step in enumerate(runtime.steps):
+                bits |= step.mask(batch).astype(np.int64) << k
+            mask &= bits != 0
+            step_tags = bits.tolist()
+        return mask, step_tags
+
+    def _outside_hours(
+        self, runtime: _RuleRuntime, batch: EventBatch, index: npt.NDArray[np.intp]
+    ) -> npt.NDArray[np.bool_]:
+        """For time_of_day rules: which candidate events fall outside business hours."""
+        tenants = batch.tenants
+        out = np.zeros(len(index), dtype=np.bool_)
+        by_tenant: dict[str, list[int]] = {}
+        for j, i in enumerate(index.tolist()):
+            by_tenant.setdefault(tenants[i], []).append(j)
+        for tenant, rows in by_tenant.items():
+            params = runtime.params(tenant)
+            if params.outside is None or params.zone is None:
+                continue
+            sel = np.asarray(rows, dtype=np.intp)
+            micros = batch.ts[index[sel]]
+            local = micros + _utc_offsets_us(params.zone, micros)
+            minutes = (local // (60 * _US)) % 1440
+            weekday = ((local // (86400 * _US)) + 3) % 7  # 1970-01-01 was a Thursday
+            out[sel] = params.outside[weekday * 1440 + minutes]
+        return out
+
+    def _run_rule(
+        self,
+        runtime: _RuleRuntime,
+        batch: EventBatch,
+        usable: npt.NDArray[np.bool_],
+        wm_after: npt.NDArray[np.int64],
+        ids: list[str],
+        changed: dict[str, Alert],
+        duplicate_rows: set[int],
+        metrics: MetricDeltas,
+    ) -> None:
+        mask, step_tags = self._candidates(runtime, batch, usable)
+        index = np.flatnonzero(mask)
+        if runtime.kind == "time_of_day" and len(index):
+            index = index[self._outside_hours(runtime, batch, index)]
+        if len(index) == 0:
+            return
+        tenants = batch.tenants
+        columns = self._group_columns(runtime, batch)
+        skip_missing = bool(runtime.rule.skip_missing)
+        distinct_values = (
+            batch.values(runtime.distinct_field) if runtime.distinct_field is not None else None
+        )
+        times = batch.ts
+        windows = runtime.windows
+        cap = self.config.max_events_per_key
+        idx_list = index.tolist()
+        times_list = times[index].tolist()
+        wm_list = wm_after[index].tolist()
+        for j, i in enumerate(idx_list):
+            tenant = tenants[i]
+            params = runtime.params(tenant)
+            if not params.enabled:
+                continue
+            group = tuple(column[i] for column in columns)
+            if skip_missing and None in group:
+                continue
+            if distinct_values is not None:
+                tag: Any = distinct_values[i]
+                if tag is None:
+                    continue
+                if isinstance(tag, dict | list):
+                    tag = repr(tag)
+            elif step_tags is not None:
+                tag = step_tags[i]
+            else:
+                tag = None
+            key = (tenant, *group)
+            window = windows.get(key)
+            if window is None:
+                window = windows[key] = KeyWindow()
+            t = times_list[j]
+            pos = window.insert(t, ids[i], tag)
+            if pos is None:
+                duplicate_rows.add(i)
+                continue
+            wm = wm_list[j]
+            self._after_insert(runtime, key, window, pos, wm, params, changed, metrics)
+            if len(window) > cap:
+                window.drop_first(len(window) - cap)
+                metrics.state_capped[tenant] += 1
+        runtime.events_since_sweep += len(idx_list)
+        if runtime.events_since_sweep >= max(len(windows), 10_000):
+            self._sweep(runtime, changed, metrics, final=False)
+
+    def _after_insert(
+        self,
+        runtime: _RuleRuntime,
+        key: tuple[Any, ...],
+        window: KeyWindow,
+        pos: int,
+        wm: int,
+        params: _Params,
+        changed: dict[str, Alert],
+        metrics: MetricDeltas,
+    ) -> None:
+        width = params.window_us
+        t = window.times[pos]
+        if params.lower is not None:
+            # Monotone: the new event can only add hits, at positions in [t, t + W).
+            times = window.times
+            hits = window.hits
+            start = pos
+            while start > 0 and times[start - 1] == t:
+                start -= 1
+            end = len(times)
+            if times[-1] >= t + width:
+                end = bisect_left(times, t + width, start)
+            for q in range(start, end):
+                if not hits[q] and self._holds(runtime, window, q, params):
+                    hits[q] = 1
+                    self._hit(runtime, key, window, q, wm, params, changed, metrics)
+            self._refresh_evidence(runtime, key, window, t, params, changed)
+        else:
+            self._refresh_evidence(runtime, key, window, t, params, changed)
+            self._settle(runtime, key, window, wm, params, changed, metrics)
+        window.compact(wm, width, params.keep, runtime.kind == "distinct")
+        self._close_periods(runtime, key, wm)
+
+    def _holds(self, runtime: _RuleRuntime, window: KeyWindow, q: int, params: _Params) -> bool:
+        if runtime.kind == "sequence":
+            return sequence_at(window, q, params.window_us, runtime.step_counts) is not None
+        lo, hi = window_range(window, q, params.window_us)
+        count = len(distinct_at(window, lo, hi)) if runtime.kind == "distinct" else hi - lo
+        return bool(params.holds(count))
+
+    def _settle(
+        self,
+        runtime: _RuleRuntime,
+        key: tuple[Any, ...],
+        window: KeyWindow,
+        wm: int,
+        params: _Params,
+        changed: dict[str, Alert],
+        metrics: MetricDeltas,
+    ) -> None:
+        """Non-monotone rules: evaluate positions the watermark has passed, once each."""
+        times = window.times
+        q = window.settled
+        while q < len(times) and times[q] < wm:
+            if self._holds(runtime, window, q, params):
+                window.hits[q] = 1
+                self._hit(runtime, key, window, q, wm, params, changed, metrics)
+            q += 1
+        window.settled = q
+
+    def _describe(
+        self, runtime: _RuleRuntime, window: KeyWindow, q: int, params: _Params
+    ) -> tuple[int, list[str], int, int]:
+        """Count, evidence ids and window bounds of the hit at position q."""
+        cap = self.config.evidence_cap
+        lo, hi = window_range(window, q, params.window_us)
+        if runtime.kind == "sequence":
+            used = sequence_at(window, q, params.window_us, runtime.step_counts) or [q]
+            count = len(used)
+            evidence = [window.ids[p] for p in used][-cap:]
+        elif runtime.kind == "distinct":
+            latest = distinct_at(window, lo, hi)
+            positions = sorted(latest.values())
+            count = min(len(positions), params.keep or len(positions))
+            evidence = [window.ids[p] for p in positions][-cap:]
+        else:
+            count = hi - lo
+            if params.keep is not None:
+                count = min(count, params.keep)
+            evidence = window.ids[max(lo, hi - cap) : hi]
+        t = window.times[q]
+        return count, evidence, t - params.window_us, t
+
+    def _hit(
+        self,
+        runtime: _RuleRuntime,
+        key: tuple[Any, ...],
+        window: KeyWindow,
+        q: int,
+        wm: int,
+        params: _Params,
+        changed: dict[str, Alert],
+        metrics: MetricDeltas,
+    ) -> None:
+        t = window.times[q]
+        event_id = window.ids[q]
+        period = params.suppression_us
+        start = (t // period) * period
+        periods = runtime.open.setdefault(key, {})
+        current = periods.get(start)
+        tenant = key[0]
+        rule = runtime.rule
+        if current is None:
+            group = dict(zip(runtime.group_names, key[1:], strict=True))
+            fp = fingerprint(tenant, rule.id, group)
+            count, evidence, w_start, w_end = self._describe(runtime, window, q, params)
+            alert = Alert(
+                id=alert_id(fp, start),
+                fingerprint=fp,
+                tenant_id=tenant,
+                rule_id=rule.id,
+                rule_version=params.version,
+                group=group,
+                severity=str(rule.severity),
+                type=str(rule.type),
+                title="",
+                description="",
+                tags=list(rule.tags),
+                first_seen_us=t,
+                last_seen_us=t,
+                occurrences=1,
+                count=count,
+                evidence_ids=evidence,
+                window_start_us=w_start,
+                window_end_us=w_end,
+                watermark_us=wm,
+                period_start_us=start,
+                period_end_us=start + period,
+            )
+            self._render(runtime, alert, params)
+            periods[start] = _Open(alert, t, event_id)
+            metrics.alerts[(tenant, rule.id, alert.severity)] += 1
+        else:
+            alert = current.alert
+            alert.occurrences += 1
+            alert.last_seen_us = max(alert.last_seen_us, t)
+            if (t, event_id) < (current.first_t, current.first_id):
+                current.first_t = t
+                current.first_id = event_id
+                alert.first_seen_us = t
+                self._redescribe(runtime, window, q, params, alert)
+            metrics.alert_updates[(tenant, rule.id)] += 1
+        changed[alert.id] = alert
+
+    def _redescribe(
+        self, runtime: _RuleRuntime, window: KeyWindow, q: int, params: _Params, alert: Alert
+    ) -> None:
+        count, evidence, w_start, w_end = self._describe(runtime, window, q, params)
+        alert.count = count
+        alert.evidence_ids = evidence
+        alert.window_start_us = w_start
+        alert.window_end_us = w_end
+        self._render(runtime, alert, params)
+
+    def _refresh_evidence(
+        self,
+        runtime: _RuleRuntime,
+        key: tuple[Any, ...],
+        window: KeyWindow,
+        t: int,
+        params: _Params,
+        changed: dict[str, Alert],
+    ) -> None:
+        """A new event inside an open alert's first window updates its count and evidence."""
+        periods = runtime.open.get(key)
+        if not periods:
+            return
+        for current in periods.values():
+            if t <= current.first_t < t + params.window_us:
+                q = window.find(current.first_t, current.first_id)
+                if q >= 0:
+                    self._redescribe(runtime, window, q, params, current.alert)
+                    changed[current.alert.id] = current.alert
+
+    def _render(self, runtime: _RuleRuntime, alert: Alert, params: _Params) -> None:
+        rule = runtime.rule
+        window_s = params.window_us / _US
+        values: dict[str, object] = {
+            "count": alert.count,
+            "threshold": params.lower if params.lower is not None else "",
+            "window_seconds": int(window_s) if window_s == int(window_s) else window_s,
+            "window": _human(window_s),
+            "tenant": alert.tenant_id,
+            "rule_id": rule.id,
+            "group": ", ".join("unknown" if v is None else str(v) for v in alert.group.values()),
+        }
+        for name, value in alert.group.items():
+            values[name.replace(".", "_")] = "unknown" if value is None else value
+        alert.title = rule.render("title", values)
+        alert.description = rule.render("description", values)
+        alert.metadata = {
+            "patternType": rule.id.upper(),
+            "organizationId": alert.tenant_id,
+            "eventCount": alert.count,
+            "timeWindow": round(window_s * 1000),
+            **alert.group,
+        }
+
+    def _close_periods(self, runtime: _RuleRuntime, key: tuple[Any, ...], wm: int) -> None:
+        periods = runtime.open.get(key)
+        if not periods:
+            return
+        for start in [s for s, o in periods.items() if o.alert.period_end_us <= wm]:
+            del periods[start]
+        if not periods:
+            del runtime.open[key]
+
+    def _sweep(
+        self,
+        runtime: _RuleRuntime,
+        changed: dict[str, Alert],
+        metrics: MetricDeltas,
+        *,
+        final: bool,
+    ) -> None:
+        """Visit every key: settle, evict, and forget keys with nothing left."""
+        runtime.events_since_sweep = 0
+        for key in list(runtime.windows):
+            window = runtime.windows[key]
+            tenant = key[0]
+            params = runtime.params(tenant)
+            seen = self._max_seen.get(tenant)
+            wm = _FOREVER if final else (seen - self._lateness_us if seen is not None else 0)
+            if params.lower is None:
+                self._settle(runtime, key, window, wm, params, changed, metrics)
+            if not final:
+                window.compact(wm, params.window_us, params.keep, runtime.kind == "distinct")
+                self._close_periods(runtime, key, wm)
+                if not window.times and key not in runtime.open:
+                    del runtime.windows[key]
+
+    # --- snapshot / restore ------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole detector state as plain data (JSON- and msgpack-friendly)."""
+        rules: dict[str, Any] = {}
+        for runtime in self._rules:
+            rules[runtime.rule.id] = {
+                "version": runtime.rule.version,
+                "events_since_sweep": runtime.events_since_sweep,
+                "keys": [[list(k), w.snapshot()] for k, w in runtime.windows.items()],
+                "open": [
+                    [list(k), o.first_t, o.first_id, _alert_state(o.alert)]
+                    for k, periods in runtime.open.items()
+                    for o in periods.values()
+                ],
+            }
+        return {
+            "format": "rayworker.detector",
+            "version": _SNAPSHOT_VERSION,
+            "lateness_us": self._lateness_us,
+            "max_seen": dict(self._max_seen),
+            "rules": rules,
+        }
+
+    @classmethod
+    def restore(
+        cls,
+        pack: RulePack,
+        snapshot: dict[str, Any],
+        overrides: Overrides | None = None,
+        config: DetectorConfig | None = None,
+        clock: Clock | None = None,
+    ) -> Detector:
+        """A detector that continues exactly where the snapshot was taken."""
+        if snapshot.get("format") != "rayworker.detector":
+            msg = "not a detector snapshot (missing format 'rayworker.detector')"
+            raise StateError(msg)
+        if snapshot.get("version") != _SNAPSHOT_VERSION:
+            msg = (
+                f"snapshot version {snapshot.get('version')!r} is not supported; "
+                f"this rayworker reads version {_SNAPSHOT_VERSION}"
+            )
+            raise StateError(msg)
+        detector = cls(pack, overrides, config, clock)
+        stored = snapshot.get("rules", {})
+        for runtime in detector._rules:
+            data = stored.get(runtime.rule.id)
+            if data is None:
+                continue
+            if data.get("version") != runtime.rule.version:
+                msg = (
+                    f"rule {runtime.rule.id!r} changed since the snapshot "
+                    f"(version {data.get('version')} -> {runtime.rule.version}); "
+                    "start it from an empty state or restore with the old rules"
+                )
+                raise StateError(msg)
+            try:
+                runtime.events_since_sweep = int(data.get("events_since_sweep", 0))
+                for key, window in data["keys"]:
+                    runtime.windows[_key(key)] = KeyWindow.restore(window)
+                for key, first_t, first_id, state in data["open"]:
+                    alert = Alert(**state)
+                    periods = runtime.open.setdefault(_key(key), {})
+                    periods[alert.period_start_us] = _Open(alert, int(first_t), str(first_id))
+            except (KeyError, TypeError, ValueError) as exc:
+                msg = f"snapshot state of rule {runtime.rule.id!r} is corrupt: {exc}"
+                raise StateError(msg) from exc
+        detector._max_seen = {str(k): int(v) for k, v in snapshot.get("max_seen", {}).items()}
+        return detector
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_FOREVER = 2**62
+
+
+def _key(raw: list[Any]) -> tuple[Any, ...]:
+    return tuple(raw)
+
+
+def _alert_state(alert: Alert) -> dict[str, Any]:
+    return {
+        name: (list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v)
+        for name in Alert.__slots__
+        for v in [getattr(alert, name)]
+    }
+
+
+def _human(seconds: float) -> str:
+    if seconds % 86400 == 0:
+        return f"{int(seconds // 86400)}d"
+    if seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{round(seconds * 1000)}ms"
+
+
+_OFFSET_STEP_US = 15 * 60 * _US  # every real UTC offset change falls on a quarter hour
+
+
+def _utc_offsets_us(zone: ZoneInfo, micros: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """UTC offset of ``zone`` at each instant, computed once per quarter hour present."""
+    if zone.key == "UTC":
+        return np.zeros(len(micros), dtype=np.int64)
+    buckets, inverse = np.unique(micros // _OFFSET_STEP_US, return_inverse=True)
+    offsets = np.empty(len(buckets), dtype=np.int64)
+    for k, bucket in enumerate(buckets.tolist()):
+        instant = _EPOCH + timedelta(microseconds=bucket * _OFFSET_STEP_US)
+        delta = instant.astimezone(zone).utcoffset()
+        offsets[k] = 0 if delta is None else delta // timedelta(microseconds=1)
+    return offsets[inverse]

@@ -1,0 +1,1 @@
+"""Event sources: synthetic traffic (and, later, stream consumers and JSONL replay)."""
