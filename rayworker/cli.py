@@ -448,7 +448,7 @@ def render_summary(stats: ReplayStats, console: Console) -> None:
     counts.add_row("rejected", f"{rejected:,}")
     for reason, n in sorted(rejected_by_reason.items(), key=lambda kv: (-kv[1], kv[0])):
         counts.add_row(f"  rejected: {reason}", f"{n:,}")
-    counts.add_row("late (dropped)", f"{sum(metrics.late.values()):,}")
+    counts.add_row("late (reported)", f"{sum(metrics.late.values()):,}")
     counts.add_row("duplicates", f"{sum(metrics.duplicates.values()):,}")
     counts.add_row("naive timestamps (read as UTC)", f"{sum(metrics.naive_timestamps.values()):,}")
     counts.add_row("alerts", f"{sum(stats.alerts.values()):,}")

@@ -26,7 +26,8 @@ Semantics (the README quotes this):
 
 from __future__ import annotations
 
-from bisect import bisect_left
+import itertools
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,9 @@ from rayworker.events import (
     EventDecoder,
     Rejection,
     RejectReason,
+)
+from rayworker.events import (
+    _factorise as _factorise_values,
 )
 from rayworker.rules import (
     DistinctRule,
@@ -69,6 +73,8 @@ __all__ = [
 ]
 
 _US = 1_000_000
+_VECTOR_MIN = 32  # below this many candidates the per-event path is as fast
+_NEVER = -(2**62)
 _SNAPSHOT_VERSION = 1
 
 
@@ -484,6 +490,13 @@ class Detector:
             index = index[self._outside_hours(runtime, batch, index)]
         if len(index) == 0:
             return
+        seen_candidates = len(index)
+        counting = runtime.kind in ("threshold", "time_of_day")
+        if counting and len(index) >= _VECTOR_MIN:
+            index = self._vector_counting(runtime, batch, index, wm_after, ids, changed, metrics)
+        if len(index) == 0:
+            self._count_candidates(runtime, seen_candidates, changed, metrics)
+            return
         tenants = batch.tenants
         columns = self._group_columns(runtime, batch)
         skip_missing = bool(runtime.rule.skip_missing)
@@ -496,6 +509,7 @@ class Detector:
         idx_list = index.tolist()
         times_list = times[index].tolist()
         wm_list = wm_after[index].tolist()
+        updates: Counter[str] = Counter()
         for j, i in enumerate(idx_list):
             tenant = tenants[i]
             params = runtime.params(tenant)
@@ -519,6 +533,39 @@ class Detector:
             if window is None:
                 window = windows[key] = KeyWindow()
             t = times_list[j]
+            wtimes = window.times
+            if counting and (not wtimes or t > wtimes[-1]) and params.lower is not None:
+                # The common case, inlined: an in-order event of a monotone count rule. It can
+                # only complete its own window, and cannot touch an open alert's evidence.
+                wtimes.append(t)
+                window.ids.append(ids[i])
+                window.tags.append(None)
+                window.hits.append(0)
+                width = params.window_us
+                count = len(wtimes) - bisect_right(wtimes, t - width)
+                if count >= params.lower:
+                    window.hits[-1] = 1
+                    periods = runtime.open.get(key)
+                    current = (
+                        periods.get((t // params.suppression_us) * params.suppression_us)
+                        if periods
+                        else None
+                    )
+                    if current is None:
+                        q = len(wtimes) - 1
+                        self._hit(runtime, key, window, q, wm_list[j], params, changed, metrics)
+                    else:
+                        alert = current.alert
+                        alert.occurrences += 1
+                        alert.last_seen_us = t
+                        changed[alert.id] = alert
+                        updates[tenant] += 1
+                keep = params.keep
+                if wtimes[0] <= wm_list[j] - width or (
+                    keep is not None and len(wtimes) > keep + 32
+                ):
+                    window.compact(wm_list[j], width, keep, distinct=False)
+                continue
             pos = window.insert(t, ids[i], tag)
             if pos is None:
                 duplicate_rows.add(i)
@@ -528,9 +575,225 @@ class Detector:
             if len(window) > cap:
                 window.drop_first(len(window) - cap)
                 metrics.state_capped[tenant] += 1
-        runtime.events_since_sweep += len(idx_list)
-        if runtime.events_since_sweep >= max(len(windows), 10_000):
+        for tenant, n_updates in updates.items():
+            metrics.alert_updates[(tenant, runtime.rule.id)] += n_updates
+        self._count_candidates(runtime, seen_candidates, changed, metrics)
+
+    def _count_candidates(
+        self, runtime: _RuleRuntime, n: int, changed: dict[str, Alert], metrics: MetricDeltas
+    ) -> None:
+        """Sweep a rule's keys once it has seen about as many events as it has keys."""
+        runtime.events_since_sweep += n
+        if runtime.events_since_sweep >= max(len(runtime.windows), 10_000):
             self._sweep(runtime, changed, metrics, final=False)
+
+    def _vector_counting(
+        self,
+        runtime: _RuleRuntime,
+        batch: EventBatch,
+        index: npt.NDArray[np.intp],
+        wm_after: npt.NDArray[np.int64],
+        ids: list[str],
+        changed: dict[str, Alert],
+        metrics: MetricDeltas,
+    ) -> npt.NDArray[np.intp]:
+        """Count rules, vectorised: every key whose events in this batch arrive in time order
+        after its retained events is counted with numpy. This gives exactly what the per-event
+        path gives (in order, an event only completes its own window). The indices of the
+        remaining events (out of order, equal times, redeliveries) are returned, in arrival
+        order, for the per-event path.
+        """
+        m = len(index)
+        tenants = batch.tenants
+        # 1. A batch-local code per (tenant, group values) key.
+        value_lists: list[list[Any]] = []
+        combined = batch.codes("organizationId")[0][index].astype(np.int64)
+        for spec in runtime.group_specs:
+            if len(spec) == 1:
+                codes, vocab = batch.codes(spec[0])
+                sub = codes[index].astype(np.int64)
+                size = len(vocab)
+                value_lists.append(batch.values(spec[0]))
+            else:
+                merged = self._group_columns_for(batch, spec)
+                value_lists.append(merged)
+                sub_codes, sub_vocab = _factorise_values([merged[i] for i in index.tolist()])
+                sub = sub_codes.astype(np.int64)
+                size = len(sub_vocab)
+            combined = np.unique(combined * max(size, 1) + sub, return_inverse=True)[1]
+        _, first, kcode = np.unique(combined, return_index=True, return_inverse=True)
+        kcode = kcode.astype(np.int64)
+        n_keys = len(first)
+        rep = index[first].tolist()
+        keys = [(tenants[r], *(values[r] for values in value_lists)) for r in rep]
+
+        # 2. Per key: parameters, state, and whether it can take the fast path.
+        windows = runtime.windows
+        skip_missing = bool(runtime.rule.skip_missing)
+        params_k = [runtime.params(key[0]) for key in keys]
+        drop_k = np.array(
+            [
+                not p.enabled or (skip_missing and None in key[1:])
+                for p, key in zip(params_k, keys, strict=True)
+            ],
+            dtype=np.bool_,
+        )
+        slow_k = np.array([p.lower is None for p in params_k], dtype=np.bool_)
+        last_k = np.array(
+            [
+                (w.times[-1] if (w := windows.get(key)) is not None and w.times else _NEVER)
+                for key in keys
+            ],
+            dtype=np.int64,
+        )
+        arrival = np.arange(m)
+        times_c = batch.ts[index]
+        # Eligibility is judged in arrival order: a key's times must never decrease.
+        by_arrival = np.lexsort((arrival, kcode))
+        ks_a = kcode[by_arrival]
+        ts_a = times_c[by_arrival]
+        same_key = ks_a[1:] == ks_a[:-1]
+        slow_k[ks_a[1:][same_key & (ts_a[1:] < ts_a[:-1])]] = True
+        starts = np.flatnonzero(np.r_[True, ~same_key])
+        slow_k[ks_a[starts][ts_a[starts] <= last_k[ks_a[starts]]]] = True
+        # Equal times are fine, unless the same event was delivered twice: that one is the
+        # per-event path's (it drops the duplicate).
+        ties = np.flatnonzero(same_key & (ts_a[1:] == ts_a[:-1])).tolist()
+        if ties:
+            arrival_ids = [ids[i] for i in index[by_arrival].tolist()]
+            run_ids: set[str] = {arrival_ids[ties[0]]}
+            for prev, pos in itertools.pairwise([-2, *ties]):
+                if pos != prev + 1:
+                    run_ids = {arrival_ids[pos]}
+                if arrival_ids[pos + 1] in run_ids:
+                    slow_k[ks_a[pos]] = True
+                run_ids.add(arrival_ids[pos + 1])
+        fast_k = ~slow_k & ~drop_k
+        slow_positions = np.sort(by_arrival[(slow_k & ~drop_k)[ks_a]])
+        remaining = index[slow_positions]
+        sel = fast_k[ks_a]
+        if not sel.any():
+            return remaining
+
+        # 3. Counts over (t - W, t]: batch events of the key plus its retained events. Sorted by
+        # (key, time, arrival); equal times form runs that all see each other.
+        fo = by_arrival[sel]
+        fks = ks_a[sel]
+        fts = ts_a[sel]
+        width_k = np.array([p.window_us for p in params_k], dtype=np.int64)
+        lower_k = np.array([p.lower or 0 for p in params_k], dtype=np.int64)
+        period_k = np.array([p.suppression_us for p in params_k], dtype=np.int64)
+        width_e = width_k[fks]
+        floor = int(fts.min()) - int(width_k[fast_k].max())
+        span = int(fts.max()) - floor + 1
+        if n_keys * span >= 2**62:
+            return index  # an absurd time span in one batch: take the per-event path
+        comp = fks * span + (fts - floor)
+        positions = np.arange(len(comp))
+        lo_b = np.searchsorted(comp, comp - width_e, side="right")
+        run_end = np.searchsorted(comp, comp, side="right")
+        run_start = np.searchsorted(comp, comp, side="left")
+        fast_keys = np.flatnonzero(fast_k).tolist()
+        seg = np.flatnonzero(np.r_[True, fks[1:] != fks[:-1]]).tolist()
+        seg_end = [*seg[1:], len(fks)]
+        ret_t: list[int] = []
+        ret_k: list[int] = []
+        before: dict[int, int] = {}
+        for k, a in zip(fast_keys, seg, strict=True):
+            window = windows.get(keys[k])
+            if window is None:
+                before[k] = 0
+                continue
+            before[k] = len(window.times)
+            cut = bisect_right(window.times, int(fts[a]) - int(width_k[k]))
+            tail = window.times[cut:]
+            ret_t.extend(tail)
+            ret_k.extend([k] * len(tail))
+        retained = np.zeros(len(comp), dtype=np.int64)
+        if ret_t:
+            ret_comp = np.array(ret_k, dtype=np.int64) * span + (
+                np.array(ret_t, dtype=np.int64) - floor
+            )
+            retained = np.searchsorted(ret_comp, (fks + 1) * span, side="left") - np.searchsorted(
+                ret_comp, comp - width_e, side="right"
+            )
+        lower_e = lower_k[fks]
+        hit = (run_end - lo_b + retained) >= lower_e
+        # The count when this event arrived: the condition first held at the first such event.
+        held_on_arrival = (positions - lo_b + 1 + retained) >= lower_e
+
+        # 4. Append to the windows in (time, id) order, then turn hits into alerts.
+        event_index = index[fo]
+        t_list = fts.tolist()
+        id_list = [ids[i] for i in event_index.tolist()]
+        if np.any(run_end - run_start > 1):
+            for a, b in _runs(run_start, run_end):
+                id_list[a:b] = sorted(id_list[a:b])
+        hit_bytes = hit.astype(np.uint8).tobytes()
+        wm_e = wm_after[event_index].tolist()
+        for k, a, b in zip(fast_keys, seg, seg_end, strict=True):
+            window = windows.get(keys[k])
+            if window is None:
+                window = windows[keys[k]] = KeyWindow()
+            window.times.extend(t_list[a:b])
+            window.ids.extend(id_list[a:b])
+            window.tags.extend([None] * (b - a))
+            window.hits.extend(hit_bytes[a:b])
+        hit_at = np.flatnonzero(hit)
+        if len(hit_at):
+            periods = period_k[fks[hit_at]]
+            starts_p = (fts[hit_at] // periods) * periods
+            boundary = np.r_[
+                True, (fks[hit_at][1:] != fks[hit_at][:-1]) | (starts_p[1:] != starts_p[:-1])
+            ]
+            group_first = np.flatnonzero(boundary).tolist()
+            group_end = [*group_first[1:], len(hit_at)]
+            hit_list = hit_at.tolist()
+            seg_of = dict(zip(fast_keys, seg, strict=True))
+            held = held_on_arrival.tolist()
+            run_end_list = run_end.tolist()
+            updates: Counter[str] = Counter()
+            for g0, g1 in zip(group_first, group_end, strict=True):
+                j0 = hit_list[g0]
+                k = int(fks[j0])
+                key = keys[k]
+                start = int(starts_p[g0])
+                open_periods = runtime.open.get(key)
+                current = open_periods.get(start) if open_periods else None
+                n_hits = g1 - g0
+                if current is None:
+                    window = windows[key]
+                    q = before[k] + (j0 - seg_of[k])
+                    fired = next(j for j in range(j0, run_end_list[j0]) if held[j])
+                    self._hit(runtime, key, window, q, wm_e[fired], params_k[k], changed, metrics)
+                    current = runtime.open[key][start]
+                    n_hits -= 1
+                alert = current.alert
+                if n_hits:
+                    alert.occurrences += n_hits
+                    alert.last_seen_us = max(alert.last_seen_us, t_list[hit_list[g1 - 1]])
+                    updates[key[0]] += n_hits
+                    changed[alert.id] = alert
+            for tenant, n_updates in updates.items():
+                metrics.alert_updates[(tenant, runtime.rule.id)] += n_updates
+
+        # 5. Evict what the watermark has passed.
+        for k, b in zip(fast_keys, seg_end, strict=True):
+            window = windows[keys[k]]
+            params = params_k[k]
+            wm = wm_e[b - 1]
+            if window.times[0] <= wm - params.window_us or (
+                params.keep is not None and len(window.times) > params.keep + 32
+            ):
+                window.compact(wm, params.window_us, params.keep, distinct=False)
+        return remaining
+
+    def _group_columns_for(self, batch: EventBatch, spec: tuple[str, ...]) -> list[Any]:
+        merged = list(batch.values(spec[0]))
+        for path in spec[1:]:
+            other = batch.values(path)
+            merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
+        return merged
 
     def _after_insert(
         self,
@@ -563,7 +826,7 @@ class Detector:
         else:
             self._refresh_evidence(runtime, key, window, t, params, changed)
             self._settle(runtime, key, window, wm, params, changed, metrics)
-        window.compact(wm, width, params.keep, runtime.kind == "distinct")
+        window.compact(wm, width, params.keep, distinct=runtime.kind == "distinct")
         self._close_periods(runtime, key, wm)
 
     def _holds(self, runtime: _RuleRuntime, window: KeyWindow, q: int, params: _Params) -> bool:
@@ -759,7 +1022,9 @@ class Detector:
             if params.lower is None:
                 self._settle(runtime, key, window, wm, params, changed, metrics)
             if not final:
-                window.compact(wm, params.window_us, params.keep, runtime.kind == "distinct")
+                window.compact(
+                    wm, params.window_us, params.keep, distinct=runtime.kind == "distinct"
+                )
                 self._close_periods(runtime, key, wm)
                 if not window.times and key not in runtime.open:
                     del runtime.windows[key]
@@ -837,6 +1102,12 @@ class Detector:
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FOREVER = 2**62
+
+
+def _runs(run_start: npt.NDArray[np.intp], run_end: npt.NDArray[np.intp]) -> list[tuple[int, int]]:
+    """The [start, end) slices of runs longer than one."""
+    long_runs = np.flatnonzero((run_end - run_start > 1) & (np.arange(len(run_start)) == run_start))
+    return [(int(run_start[i]), int(run_end[i])) for i in long_runs]
 
 
 def _key(raw: list[Any]) -> tuple[Any, ...]:

@@ -97,7 +97,7 @@ class KeyWindow:
         self.hits = bytearray(self.hits[i] for i in keep)
         self.settled -= sum(1 for p in positions if p < self.settled)
 
-    def compact(self, wm: int, window: int, keep: int | None, distinct: bool) -> None:
+    def compact(self, wm: int, window: int, keep: int | None, *, distinct: bool) -> None:
         """Evict what no future window can see; cap the settled region (see module doc)."""
         times = self.times
         self.drop_first(bisect_right(times, wm - window))
