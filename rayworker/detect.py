@@ -473,7 +473,7 @@ class Detector:
             out[sel] = params.outside[weekday * 1440 + minutes]
         return out
 
-    def _run_rule(
+    def _run_rule(  # noqa: PLR0915 - the per-event loop is hot and kept inline on purpose
         self,
         runtime: _RuleRuntime,
         batch: EventBatch,
@@ -587,7 +587,7 @@ class Detector:
         if runtime.events_since_sweep >= max(len(runtime.windows), 10_000):
             self._sweep(runtime, changed, metrics, final=False)
 
-    def _vector_counting(
+    def _vector_counting(  # noqa: PLR0915 - one vectorised pass over a dozen aligned arrays
         self,
         runtime: _RuleRuntime,
         batch: EventBatch,

@@ -131,7 +131,10 @@ class SessionContext(BaseModel):
     """Where an action came from."""
 
     model_config = ConfigDict(
-        extra="allow", alias_generator=AliasGenerator(validation_alias=to_camel), frozen=True
+        extra="allow",
+        alias_generator=AliasGenerator(validation_alias=to_camel),
+        frozen=True,
+        strict=True,
     )
     session_id: _Str | None = Field(default=None, description="Producer's session id")
     ip_address: _Str | None = Field(default=None, description="Client IP address")
@@ -147,6 +150,7 @@ class AuditEvent(BaseModel):
         alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
         populate_by_name=True,
         frozen=True,
+        strict=True,  # the same types the hot-path decoder accepts; no "false" -> 0 coercion
     )
 
     timestamp: datetime = Field(description="When the action happened; naive means UTC")
@@ -551,10 +555,10 @@ def _factorise(values: list[Any]) -> tuple[npt.NDArray[np.int32], list[Any]]:
         codes = [table.setdefault(v, len(table)) for v in values]
         vocab = list(table)
         # 1 == 1.0 == True share a dict slot; keep them apart when the column mixes them.
-        if any(isinstance(v, bool | float) for v in vocab) and any(
-            isinstance(v, int) and not isinstance(v, bool) for v in vocab
-        ):
-            raise TypeError  # take the type-aware path below
+        if any(isinstance(v, bool | int | float) for v in vocab):
+            kinds = set(map(type, values)) & {bool, int, float}
+            if len(kinds) > 1:
+                raise TypeError  # take the type-aware path below
     except TypeError:
         typed: dict[Any, int] = {}
         vocab = []

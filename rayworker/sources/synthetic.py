@@ -96,7 +96,13 @@ _KINDS: tuple[_Kind, ...] = (
     _Kind("data.export", "success", "Patient", "p-", "Export completed", "PHI", (20, 500)),
     _Kind("data.import", "success", "Patient", "p-", "Import completed", "PHI", (20, 500)),
     _Kind(
-        "data.read", "failure", "Document", "d-", "Access denied - unauthorized", "CONFIDENTIAL", None
+        "data.read",
+        "failure",
+        "Document",
+        "d-",
+        "Access denied - unauthorized",
+        "CONFIDENTIAL",
+        None,
     ),
 )
 (
@@ -153,7 +159,7 @@ class SyntheticConfig:
     seed: int = 7
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
+        def bad(why: str, name: str) -> ValueError:
             return ValueError(f"Got {getattr(self, name)!r} for {name}. {why}")
 
         def is_int(value: object) -> bool:
@@ -163,29 +169,41 @@ class SyntheticConfig:
             return isinstance(value, int | float) and not isinstance(value, bool)
 
         if not is_int(self.events) or self.events < 0:
-            raise bad("events", "events must be an integer >= 0.")
+            why = "events must be an integer >= 0."
+            raise bad(why, "events")
         if not is_int(self.tenants) or self.tenants < 1:
-            raise bad("tenants", "tenants must be an integer >= 1.")
+            why = "tenants must be an integer >= 1."
+            raise bad(why, "tenants")
         if not is_int(self.principals) or not self.tenants <= self.principals <= _MAX_PRINCIPALS:
-            why = f"principals must be an integer from tenants ({self.tenants}) to {_MAX_PRINCIPALS}."
-            raise bad("principals", why)
+            why = (
+                f"principals must be an integer from tenants ({self.tenants}) to {_MAX_PRINCIPALS}."
+            )
+            raise bad(why, "principals")
         if not is_real(self.duration_s) or not math.isfinite(self.duration_s):
-            raise bad("duration_s", "duration_s must be a finite number of seconds.")
+            why = "duration_s must be a finite number of seconds."
+            raise bad(why, "duration_s")
         if self.duration_s < 0.001:
-            raise bad("duration_s", "duration_s must be at least 0.001 (one millisecond).")
+            why = "duration_s must be at least 0.001 (one millisecond)."
+            raise bad(why, "duration_s")
         if not isinstance(self.start, datetime) or self.start.utcoffset() is None:
-            raise bad("start", "start must be a timezone-aware datetime, e.g. tzinfo=UTC.")
+            why = "start must be a timezone-aware datetime, e.g. tzinfo=UTC."
+            raise bad(why, "start")
         if not is_real(self.zipf_a) or not 0.0 <= self.zipf_a <= 10.0:
-            raise bad("zipf_a", "zipf_a must be a number from 0 (uniform) to 10.")
+            why = "zipf_a must be a number from 0 (uniform) to 10."
+            raise bad(why, "zipf_a")
         rate = self.attacks_per_tenant_hour
         if not is_real(rate) or not math.isfinite(rate) or rate < 0:
-            raise bad("attacks_per_tenant_hour", "It must be a finite number >= 0.")
+            why = "It must be a finite number >= 0."
+            raise bad(why, "attacks_per_tenant_hour")
         if not is_int(self.disorder_ms) or self.disorder_ms < 0:
-            raise bad("disorder_ms", "disorder_ms must be an integer >= 0.")
+            why = "disorder_ms must be an integer >= 0."
+            raise bad(why, "disorder_ms")
         if not isinstance(self.with_ids, bool):
-            raise bad("with_ids", "with_ids must be True or False.")
+            why = "with_ids must be True or False."
+            raise bad(why, "with_ids")
         if not is_int(self.seed) or self.seed < 0:
-            raise bad("seed", "seed must be an integer >= 0.")
+            why = "seed must be an integer >= 0."
+            raise bad(why, "seed")
 
     @property
     def start_ms(self) -> int:
@@ -290,8 +308,9 @@ class _AttackEvents:
 
 def _tenant_weights(config: SyntheticConfig) -> npt.NDArray[np.float64]:
     ranks = np.arange(1, config.tenants + 1, dtype=np.float64)
-    weights = 1.0 / ranks**config.zipf_a
-    return weights / weights.sum()
+    weights: npt.NDArray[np.float64] = 1.0 / ranks**config.zipf_a
+    total = float(weights.sum())
+    return weights / total
 
 
 def _principal_ranges(config: SyntheticConfig, weights: npt.NDArray[np.float64]) -> _I64:
@@ -417,7 +436,9 @@ def _plan(config: SyntheticConfig) -> _Plan:  # noqa: PLR0915 - one linear recip
             tries = victims.repeat(rng.integers(1, 3, m))
             ip = config.principals + attacker
             offsets = rng.integers(0, length, len(tries))
-            events = [(o, _LOGIN_FAIL, p, ip, _ATTACKER_UA) for o, p in zip(offsets, tries, strict=True)]
+            events = [
+                (o, _LOGIN_FAIL, p, ip, _ATTACKER_UA) for o, p in zip(offsets, tries, strict=True)
+            ]
             group = {"sessionContext.ipAddress": _ip(ip, config.principals)}
         elif scenario == "brute_force_success":
             n = int(rng.integers(6, 11))
@@ -447,19 +468,17 @@ def _plan(config: SyntheticConfig) -> _Plan:  # noqa: PLR0915 - one linear recip
             events = [(base + int(o), k, p, i, u) for o, k, p, i, u in events]
         if any(u == _ATTACKER_UA for *_, u in events):
             attacker += 1
-        session = (1 << 40) + len(labels)
+        session_id = (1 << 40) + len(labels)
         for o, k, p, i, u in events:
             ua = u if u >= 0 else int(p) % _ATTACKER_UA
-            attacks.add(int(o), k, t, int(p), int(i), ua, session)
+            attacks.add(int(o), k, t, int(p), int(i), ua, session_id)
         times = [int(e[0]) for e in events]
         labels.append(
             AttackLabel(
                 scenario=scenario,
                 tenant=org(t),
                 group=group,
-                start=config.start + (config.start_ms - (config.start - _EPOCH) // _MS + min(times)) * _MS
-                if False
-                else _from_ms(config.start_ms + min(times)),
+                start=_from_ms(config.start_ms + min(times)),
                 end=_from_ms(config.start_ms + max(times)),
                 events=len(events),
             )
