@@ -425,18 +425,7 @@ class Detector:
     # --- rules -----------------------------------------------------------------------------
 
     def _group_columns(self, runtime: _RuleRuntime, batch: EventBatch) -> list[list[Any]]:
-        columns: list[list[Any]] = []
-        for spec in runtime.group_specs:
-            first = batch.values(spec[0])
-            if len(spec) == 1:
-                columns.append(first)
-                continue
-            merged = list(first)
-            for path in spec[1:]:
-                other = batch.values(path)
-                merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
-            columns.append(merged)
-        return columns
+        return [self._group_columns_for(batch, spec) for spec in runtime.group_specs]
 
     def _candidates(
         self, runtime: _RuleRuntime, batch: EventBatch, usable: npt.NDArray[np.bool_]
@@ -789,6 +778,9 @@ class Detector:
         return remaining
 
     def _group_columns_for(self, batch: EventBatch, spec: tuple[str, ...]) -> list[Any]:
+        """Each event's value of one group key: the first non-missing of its paths."""
+        if len(spec) == 1:
+            return batch.values(spec[0])
         merged = list(batch.values(spec[0]))
         for path in spec[1:]:
             other = batch.values(path)
