@@ -177,6 +177,7 @@ class _Params:
     keep: int | None
     outside: npt.NDArray[np.bool_] | None
     zone: ZoneInfo | None
+    finished_tag: int | None
 
 
 class _Open:
@@ -279,6 +280,11 @@ class _RuleRuntime:
             keep=keep,
             outside=outside,
             zone=zone,
+            finished_tag=(
+                1 << (len(self.step_counts) - 1)
+                if self.step_counts and self.step_counts[-1] == 1
+                else None
+            ),
         )
         self._params[tenant] = cached
         return cached
@@ -818,7 +824,13 @@ class Detector:
         else:
             self._refresh_evidence(runtime, key, window, t, params, changed)
             self._settle(runtime, key, window, wm, params, changed, metrics)
-        window.compact(wm, width, params.keep, distinct=runtime.kind == "distinct")
+        window.compact(
+            wm,
+            width,
+            params.keep,
+            distinct=runtime.kind == "distinct",
+            finished_tag=params.finished_tag,
+        )
         self._close_periods(runtime, key, wm)
 
     def _holds(self, runtime: _RuleRuntime, window: KeyWindow, q: int, params: _Params) -> bool:
@@ -1015,7 +1027,11 @@ class Detector:
                 self._settle(runtime, key, window, wm, params, changed, metrics)
             if not final:
                 window.compact(
-                    wm, params.window_us, params.keep, distinct=runtime.kind == "distinct"
+                    wm,
+                    params.window_us,
+                    params.keep,
+                    distinct=runtime.kind == "distinct",
+                    finished_tag=params.finished_tag,
                 )
                 self._close_periods(runtime, key, wm)
                 if not window.times and key not in runtime.open:

@@ -10,6 +10,7 @@ lateness):
 
 * events with ``t <= wm - W`` are evicted: no event that may still arrive (``t >= wm``) can
   share a window with them;
+* settled events that only complete sequences (see :meth:`KeyWindow.compact`) are evicted;
 * among *settled* events (``t < wm``) only the latest ``keep`` are kept when the rule's
   condition is monotone (``gte``/``gt``): for a count condition with lower bound ``N`` they
   decide every unsettled window exactly, and the reported count ``min(count, keep)`` stays
@@ -97,10 +98,27 @@ class KeyWindow:
         self.hits = bytearray(self.hits[i] for i in keep)
         self.settled -= sum(1 for p in positions if p < self.settled)
 
-    def compact(self, wm: int, window: int, keep: int | None, *, distinct: bool) -> None:
-        """Evict what no future window can see; cap the settled region (see module doc)."""
+    def compact(
+        self,
+        wm: int,
+        window: int,
+        keep: int | None,
+        *,
+        distinct: bool,
+        finished_tag: int | None = None,
+    ) -> None:
+        """Evict what no future window can see; cap the settled region (see module doc).
+
+        ``finished_tag``: settled events whose tag is exactly this are dropped too. Sequence
+        rules pass the last step's bit when that step needs a single event: such an event has
+        already been evaluated and can never serve as an earlier step.
+        """
         times = self.times
         self.drop_first(bisect_right(times, wm - window))
+        if finished_tag is not None:
+            settled_end = bisect_left(times, wm)
+            tags = self.tags
+            self.drop_positions([p for p in range(settled_end) if tags[p] == finished_tag])
         if keep is None:
             return
         settled_end = bisect_left(times, wm)

@@ -14,11 +14,11 @@ Population
 
 Background
     Mostly successful reads (``data.read``, ``fhir.patient.read``, ``fhir.observation.search``),
-    some ``data.update``, logins (about 1 % failing), rare exports/imports with ``recordCount``,
-    rare access denials. Event times follow a day profile in which off-hours (22:00-06:00 UTC)
-    are quieter; a span that lies wholly in off-hours (the default hour after midnight) is
-    uniform. At the defaults, background alone is far below the built-in thresholds except
-    off-hours access, which fires its LOW, per-tenant alert by design.
+    some ``data.update``, logins (about 5 % of them failing), rare exports/imports with
+    ``recordCount``, rare access denials. Event times follow a day profile in which off-hours
+    (22:00-06:00 UTC) are quieter; a span that lies wholly in off-hours (the default hour after
+    midnight) is uniform. At the defaults, background alone stays far below the built-in
+    thresholds, except off-hours access, which fires its LOW, per-tenant alert by design.
 
 Attacks
     Per tenant, ``Poisson(attacks_per_tenant_hour * hours)`` scenarios, each one of
@@ -70,7 +70,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _HOUR_MS = 3_600_000
 _DAY_MS = 24 * _HOUR_MS
-_MAX_PRINCIPALS = 1 << 22  # home IPs are 10.x.y.z, so principal indexes must fit in 24 bits
+_MAX_PRINCIPALS = 1 << 22  # home IPs are 10.x.y.z: principal indexes must fit in 24 bits
 _MIN_PRINCIPALS_PER_TENANT = 25  # password spraying needs up to 25 distinct victims
 _OFF_HOURS_DENSITY = 0.15  # background rate during 22:00-06:00 UTC, relative to the day
 _SESSION_MS = 1_800_000  # a principal's session id changes every half hour
@@ -122,8 +122,8 @@ _BACKGROUND_MIX: dict[int, float] = {
     _PATIENT_READ: 0.25,
     _OBS_SEARCH: 0.16,
     _UPDATE: 0.10,
-    _LOGIN_OK: 0.115,
-    _LOGIN_FAIL: 0.012,
+    _LOGIN_OK: 0.121,
+    _LOGIN_FAIL: 0.006,
     _EXPORT: 0.0004,
     _IMPORT: 0.0002,
     _DENIED: 0.001,
