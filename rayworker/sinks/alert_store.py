@@ -1,0 +1,483 @@
+"""The alert store seam: the :class:`AlertStore` Protocol, its row types and the lifecycle.
+
+Three implementations honour the same contract (one contract test runs against all of them):
+:class:`~rayworker.sinks.memory_alerts.MemoryAlertStore` (the reference semantics),
+:class:`~rayworker.sinks.sqlite_alerts.SqliteAlertStore` (the embedded default) and
+:class:`~rayworker.sinks.postgres_alerts.PostgresAlertStore`.
+
+Contract
+    * Every read and every lifecycle action is scoped by ``tenant``. Another tenant's alert id
+      behaves exactly like an unknown id (``None`` or :class:`AlertNotFound`, same message),
+      so a caller learns nothing about other tenants' alerts.
+    * :meth:`AlertStore.upsert` is idempotent on the alert id. A re-delivery never creates a
+      second row; ``occurrences`` and ``last_seen`` take the greater value and ``first_seen``
+      the smaller, so a stale re-delivery cannot move them back; the descriptive fields
+      (count, evidence, title, description, metadata) come from the version with the most
+      occurrences (ties: the incoming one). An id that already belongs to another tenant is
+      never overwritten. An upsert never changes an alert's lifecycle status.
+    * Lifecycle actions follow :func:`transition` and each writes one :class:`Transition`.
+
+Lifecycle (status machine)::
+
+    active ──acknowledge──▶ acknowledged
+    active | acknowledged ──resolve──▶ resolved
+    active | acknowledged ──dismiss──▶ dismissed
+    acknowledged | resolved | dismissed ──reopen──▶ active
+
+Times are timezone-aware datetimes. ``created_at``, ``updated_at`` and the lifecycle times come
+from the store's injected :class:`~rayworker.clock.Clock`; ``first_seen``/``last_seen`` are the
+alert's event times.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal, Protocol, get_args
+
+from rayworker.alerts import Alert
+from rayworker.errors import SinkError
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "SEVERITIES",
+    "STATUSES",
+    "Action",
+    "AlertNotFound",
+    "AlertStats",
+    "AlertStore",
+    "Cursor",
+    "LifecycleError",
+    "MigrationError",
+    "QueryError",
+    "Status",
+    "StoredAlert",
+    "Transition",
+    "TrendPoint",
+    "apply_action",
+    "fold_batch",
+    "merge_update",
+    "new_row",
+    "transition",
+]
+
+Status = Literal["active", "acknowledged", "resolved", "dismissed"]
+Action = Literal["acknowledge", "resolve", "dismiss", "reopen"]
+
+STATUSES: Final[tuple[str, ...]] = get_args(Status)
+ACTIVE_STATUSES: Final[tuple[str, ...]] = ("active", "acknowledged")
+SEVERITIES: Final[tuple[str, ...]] = ("INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+TREND_PERIODS: Final[tuple[tuple[str, timedelta], ...]] = (
+    ("24h", timedelta(hours=24)),
+    ("7d", timedelta(days=7)),
+    ("30d", timedelta(days=30)),
+)
+MAX_LIMIT: Final = 1000
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class LifecycleError(SinkError):
+    """Raised when a lifecycle action is not allowed from the alert's current status."""
+
+
+class AlertNotFound(SinkError):  # noqa: N818 - the name reads as the condition, like KeyError
+    """Raised when an alert id is unknown to the tenant (or belongs to another tenant)."""
+
+
+class QueryError(SinkError):
+    """Raised when a store call gets an invalid argument (limit, naive time, empty actor)."""
+
+
+class MigrationError(SinkError):
+    """Raised when the schema is not migrated, or an applied migration file has changed."""
+
+
+# --------------------------------------------------------------------------- state machine
+
+_ALLOWED: Final[dict[str, tuple[frozenset[str], Status]]] = {
+    "acknowledge": (frozenset({"active"}), "acknowledged"),
+    "resolve": (frozenset({"active", "acknowledged"}), "resolved"),
+    "dismiss": (frozenset({"active", "acknowledged"}), "dismissed"),
+    "reopen": (frozenset({"acknowledged", "resolved", "dismissed"}), "active"),
+}
+_PAST: Final = {
+    "acknowledge": "acknowledged",
+    "resolve": "resolved",
+    "dismiss": "dismissed",
+    "reopen": "reopened",
+}
+
+
+def transition(current_status: str, action: str, *, alert_id: str = "the alert") -> Status:
+    """The status after ``action`` on an alert in ``current_status``; pure.
+
+    Raises :class:`LifecycleError` naming the alert, its status and what to do instead.
+    """
+    rule = _ALLOWED.get(action)
+    if rule is None:
+        msg = f"unknown alert action {action!r}; expected one of {', '.join(_ALLOWED)}"
+        raise LifecycleError(msg)
+    sources, target = rule
+    if current_status not in STATUSES:
+        msg = f"alert {alert_id} has unknown status {current_status!r}; expected one of {STATUSES}"
+        raise LifecycleError(msg)
+    if current_status in sources:
+        return target
+    if action == "reopen":
+        msg = f"alert {alert_id} is already active; only a closed or acknowledged alert reopens"
+    elif current_status == target:
+        msg = f"alert {alert_id} is already {current_status}"
+    elif current_status in ("resolved", "dismissed"):
+        msg = (
+            f"alert {alert_id} is {current_status}; it cannot be {_PAST[action]} — reopen it first"
+        )
+    else:
+        msg = f"alert {alert_id} is {current_status}; it cannot be {_PAST[action]}"
+    raise LifecycleError(msg)
+
+
+# --------------------------------------------------------------------------- row types
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A keyset position in newest-first order: pass ``page[-1].cursor`` as ``after``."""
+
+    last_seen: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """One stored alert: the detector's fields plus its lifecycle."""
+
+    id: str
+    tenant_id: str
+    fingerprint: str
+    rule_id: str
+    rule_version: str
+    group: dict[str, Any]
+    severity: str
+    type: str
+    title: str
+    description: str
+    source: str
+    status: Status
+    metadata: dict[str, Any]
+    tags: list[str]
+    evidence: list[str]
+    evidence_window: dict[str, Any]
+    occurrences: int
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+    updated_at: datetime
+    acknowledged: bool = False
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str | None = None
+    resolved: bool = False
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution_notes: str | None = None
+    trace_id: str | None = None
+
+    @property
+    def cursor(self) -> Cursor:
+        """The keyset position of this alert, for :meth:`AlertStore.list_active` paging."""
+        return Cursor(self.last_seen, self.id)
+
+    @property
+    def is_active(self) -> bool:
+        """Active or acknowledged: still needs attention (as in the original)."""
+        return self.status in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One recorded lifecycle change of an alert: who moved it from what to what, and when."""
+
+    alert_id: str
+    tenant_id: str
+    from_status: Status
+    to_status: Status
+    by: str
+    at: datetime
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TrendPoint:
+    """Alerts created and resolved (or dismissed) in the ``period`` before ``now``."""
+
+    period: str
+    created: int
+    resolved: int
+
+
+@dataclass(frozen=True, slots=True)
+class AlertStats:
+    """A tenant's alert statistics; every status and severity is present, zeros included."""
+
+    total: int
+    by_status: dict[str, int]
+    by_severity: dict[str, int]
+    by_rule: dict[str, int]
+    trends: tuple[TrendPoint, ...] = field(default_factory=tuple)
+
+    @property
+    def active(self) -> int:
+        """Active plus acknowledged alerts."""
+        return sum(self.by_status.get(s, 0) for s in ACTIVE_STATUSES)
+
+
+# --------------------------------------------------------------------------- the seam
+
+
+class AlertStore(Protocol):
+    """Persistence and lifecycle of alerts; every read and action is scoped by tenant."""
+
+    async def upsert(self, alerts: Sequence[Alert]) -> int:
+        """Insert or update alerts by id; returns how many distinct ids were written."""
+        ...
+
+    async def get(self, tenant: str, alert_id: str) -> StoredAlert | None:
+        """One of the tenant's alerts, or None (also for another tenant's id)."""
+        ...
+
+    async def list_active(
+        self, tenant: str, *, limit: int = 50, offset: int = 0, after: Cursor | None = None
+    ) -> builtins.list[StoredAlert]:
+        """Active and acknowledged alerts, newest ``last_seen`` first (ties: id descending)."""
+        ...
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        severity: str | None = None,
+        rule_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> builtins.list[StoredAlert]:
+        """The tenant's alerts matching every given filter, newest ``last_seen`` first."""
+        ...
+
+    async def count_active(self, tenant: str) -> int:
+        """How many of the tenant's alerts are active or acknowledged."""
+        ...
+
+    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
+        """Acknowledge an active alert."""
+        ...
+
+    async def resolve(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Resolve an active or acknowledged alert."""
+        ...
+
+    async def dismiss(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Dismiss an active or acknowledged alert (a false positive)."""
+        ...
+
+    async def reopen(
+        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
+    ) -> StoredAlert:
+        """Make an acknowledged, resolved or dismissed alert active again."""
+        ...
+
+    async def transitions(self, tenant: str, alert_id: str) -> builtins.list[Transition]:
+        """The alert's lifecycle history, oldest first (empty for unknown ids)."""
+        ...
+
+    async def stats(self, tenant: str, *, now: datetime) -> AlertStats:
+        """Counts by status, severity and rule, and 24 h / 7 d / 30 d trends before ``now``."""
+        ...
+
+    async def cleanup_resolved(self, tenant: str, *, older_than: timedelta, now: datetime) -> int:
+        """Delete resolved and dismissed alerts closed before ``now - older_than``."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def us_to_dt(micros: int) -> datetime:
+    """Microseconds since the epoch as an aware UTC datetime."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def dt_to_us(at: datetime) -> int:
+    """An aware datetime as microseconds since the epoch."""
+    delta = at - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def require_aware(at: datetime, name: str) -> datetime:
+    """Return ``at`` in UTC, or raise :class:`QueryError` if it is naive."""
+    if at.tzinfo is None or at.utcoffset() is None:
+        msg = f"{name} must be timezone-aware, got {at.isoformat()}; add tzinfo=UTC"
+        raise QueryError(msg)
+    return at.astimezone(UTC)
+
+
+def check_page(limit: int, offset: int) -> None:
+    """Validate paging arguments."""
+    if not 1 <= limit <= MAX_LIMIT:
+        msg = f"limit must be between 1 and {MAX_LIMIT}, got {limit}"
+        raise QueryError(msg)
+    if offset < 0:
+        msg = f"offset must be 0 or more, got {offset}"
+        raise QueryError(msg)
+
+
+def check_actor(by: str) -> None:
+    """Lifecycle actions must name who performed them."""
+    if not by.strip():
+        msg = "by must name who performs the action (a user or service id), got an empty string"
+        raise QueryError(msg)
+
+
+def check_retention(older_than: timedelta) -> None:
+    """Cleanup needs a positive age."""
+    if older_than <= timedelta(0):
+        msg = f"older_than must be a positive duration, got {older_than}"
+        raise QueryError(msg)
+
+
+def not_found(alert_id: str) -> AlertNotFound:
+    """The one message for unknown and foreign ids alike (it reveals nothing)."""
+    return AlertNotFound(f"alert {alert_id} not found for this tenant")
+
+
+def evidence_window(alert: Alert) -> dict[str, Any]:
+    """The evidence window of an alert as stored (the shape of ``Alert.to_json``)."""
+    window: dict[str, Any] = alert.to_json()["evidence_window"]
+    return window
+
+
+def fold_batch(alerts: Iterable[Alert]) -> builtins.list[Alert]:
+    """Collapse repeated ids in one batch with the upsert rules; drops foreign-tenant repeats.
+
+    A database cannot update the same row twice in one statement, and folding first keeps
+    the result independent of the order of the batch.
+    """
+    folded: dict[str, Alert] = {}
+    for alert in alerts:
+        seen = folded.get(alert.id)
+        if seen is None:
+            folded[alert.id] = alert
+        elif seen.tenant_id == alert.tenant_id:
+            base = alert if alert.occurrences >= seen.occurrences else seen
+            folded[alert.id] = dataclasses.replace(
+                base,
+                occurrences=max(seen.occurrences, alert.occurrences),
+                last_seen_us=max(seen.last_seen_us, alert.last_seen_us),
+                first_seen_us=min(seen.first_seen_us, alert.first_seen_us),
+            )
+    return builtins.list(folded.values())
+
+
+def new_row(alert: Alert, now: datetime) -> StoredAlert:
+    """The row a first delivery of ``alert`` creates (status active, lifecycle empty)."""
+    return StoredAlert(
+        id=alert.id,
+        tenant_id=alert.tenant_id,
+        fingerprint=alert.fingerprint,
+        rule_id=alert.rule_id,
+        rule_version=alert.rule_version,
+        group=dict(alert.group),
+        severity=alert.severity,
+        type=alert.type,
+        title=alert.title,
+        description=alert.description,
+        source=alert.source,
+        status="active",
+        metadata=dict(alert.metadata),
+        tags=builtins.list(alert.tags),
+        evidence=builtins.list(alert.evidence_ids),
+        evidence_window=evidence_window(alert),
+        occurrences=alert.occurrences,
+        count=alert.count,
+        first_seen=us_to_dt(alert.first_seen_us),
+        last_seen=us_to_dt(alert.last_seen_us),
+        period_start=us_to_dt(alert.period_start_us),
+        period_end=us_to_dt(alert.period_end_us),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def merge_update(current: StoredAlert, incoming: StoredAlert, now: datetime) -> StoredAlert:
+    """The upsert rule for an existing row (the SQL stores mirror it exactly)."""
+    newer = incoming.occurrences >= current.occurrences
+    src = incoming if newer else current
+    return dataclasses.replace(
+        current,
+        occurrences=max(current.occurrences, incoming.occurrences),
+        last_seen=max(current.last_seen, incoming.last_seen),
+        first_seen=min(current.first_seen, incoming.first_seen),
+        count=src.count,
+        evidence=src.evidence,
+        evidence_window=src.evidence_window,
+        description=src.description,
+        title=src.title,
+        metadata=src.metadata,
+        updated_at=now,
+    )
+
+
+def apply_action(
+    row: StoredAlert, action: Action, *, by: str, note: str | None, at: datetime
+) -> tuple[StoredAlert, Transition]:
+    """The row after a lifecycle action, and the transition to record; pure."""
+    target = transition(row.status, action, alert_id=row.id)
+    if action == "acknowledge":
+        updated = dataclasses.replace(
+            row, status=target, acknowledged=True, acknowledged_at=at, acknowledged_by=by
+        )
+    elif action in ("resolve", "dismiss"):
+        updated = dataclasses.replace(
+            row,
+            status=target,
+            resolved=True,
+            resolved_at=at,
+            resolved_by=by,
+            resolution_notes=note,
+        )
+    else:  # reopen: the history lives in the transitions
+        updated = dataclasses.replace(
+            row,
+            status=target,
+            acknowledged=False,
+            acknowledged_at=None,
+            acknowledged_by=None,
+            resolved=False,
+            resolved_at=None,
+            resolved_by=None,
+            resolution_notes=None,
+        )
+    updated = dataclasses.replace(updated, updated_at=at)
+    record = Transition(row.id, row.tenant_id, row.status, target, by, at, note)
+    return updated, record
+
+
+def empty_stats_maps() -> tuple[dict[str, int], dict[str, int]]:
+    """Status and severity maps with every known key at zero."""
+    return dict.fromkeys(STATUSES, 0), dict.fromkeys(SEVERITIES, 0)

@@ -1,0 +1,523 @@
+"""The embedded alert store: SQLite through the standard library, behind an async facade.
+
+Concurrency model
+    ``sqlite3`` is blocking, so every call runs on one dedicated worker thread (a
+    single-thread executor) that owns the connection. That keeps the event loop free while the
+    disk syncs, serialises all access without a lock (one thread, one connection; sqlite3's
+    same-thread check stays on), and makes each method one transaction
+    (``BEGIN IMMEDIATE`` ... ``COMMIT``), which also gives lifecycle actions their
+    read-check-write atomicity (the SQLite counterpart of ``SELECT ... FOR UPDATE``).
+
+Storage
+    Times are INTEGER microseconds since the epoch (UTC), JSON columns are TEXT, booleans are
+    0/1. ``path`` may be ``":memory:"`` (one private database per store). All SQL is
+    parameterised; identifiers are constants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, TypeVar, cast
+
+from rayworker.alerts import Alert
+from rayworker.clock import Clock, SystemClock
+from rayworker.errors import SinkError
+from rayworker.sinks.alert_store import (
+    TREND_PERIODS,
+    Action,
+    AlertStats,
+    Cursor,
+    MigrationError,
+    Status,
+    StoredAlert,
+    Transition,
+    TrendPoint,
+    apply_action,
+    check_actor,
+    check_page,
+    check_retention,
+    dt_to_us,
+    empty_stats_maps,
+    evidence_window,
+    fold_batch,
+    not_found,
+    require_aware,
+    us_to_dt,
+)
+from rayworker.sinks.migrate import MigrationStatus, check_sqlite, migrate_sqlite
+
+__all__ = ["SqliteAlertStore"]
+
+T = TypeVar("T")
+
+
+_UPSERT: Final = """
+INSERT INTO alerts (
+    id, tenant_id, fingerprint, rule_id, rule_version, "group", severity, type, title,
+    description, source, status, metadata, tags, evidence, evidence_window, occurrences, count,
+    first_seen, last_seen, period_start, period_end, created_at, updated_at
+) VALUES (
+    :id, :tenant_id, :fingerprint, :rule_id, :rule_version, :group, :severity, :type, :title,
+    :description, :source, 'active', :metadata, :tags, :evidence, :evidence_window,
+    :occurrences, :count, :first_seen, :last_seen, :period_start, :period_end, :now, :now
+)
+ON CONFLICT (id) DO UPDATE SET
+    occurrences = max(alerts.occurrences, excluded.occurrences),
+    last_seen = max(alerts.last_seen, excluded.last_seen),
+    first_seen = min(alerts.first_seen, excluded.first_seen),
+    count = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.count ELSE alerts.count END,
+    evidence = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.evidence ELSE alerts.evidence END,
+    evidence_window = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.evidence_window ELSE alerts.evidence_window END,
+    description = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.description ELSE alerts.description END,
+    title = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.title ELSE alerts.title END,
+    metadata = CASE WHEN excluded.occurrences >= alerts.occurrences
+        THEN excluded.metadata ELSE alerts.metadata END,
+    updated_at = excluded.updated_at
+WHERE alerts.tenant_id = excluded.tenant_id
+"""
+
+_ACTIVE_PAGE: Final = (
+    "SELECT * FROM alerts WHERE tenant_id = :tenant AND status IN ('active', 'acknowledged')"
+    " AND (:after_seen IS NULL OR last_seen < :after_seen"
+    " OR (last_seen = :after_seen AND id < :after_id))"
+    " ORDER BY last_seen DESC, id DESC LIMIT :limit OFFSET :offset"
+)
+_FILTERED_PAGE: Final = (
+    "SELECT * FROM alerts WHERE tenant_id = :tenant"
+    " AND (:status IS NULL OR status = :status)"
+    " AND (:severity IS NULL OR severity = :severity)"
+    " AND (:rule_id IS NULL OR rule_id = :rule_id)"
+    " ORDER BY last_seen DESC, id DESC LIMIT :limit OFFSET :offset"
+)
+_LIFECYCLE_UPDATE: Final = """
+UPDATE alerts SET status = :status, acknowledged = :acknowledged,
+    acknowledged_at = :acknowledged_at, acknowledged_by = :acknowledged_by,
+    resolved = :resolved, resolved_at = :resolved_at, resolved_by = :resolved_by,
+    resolution_notes = :resolution_notes, updated_at = :updated_at
+WHERE id = :id AND tenant_id = :tenant
+"""
+_INSERT_TRANSITION: Final = (
+    'INSERT INTO alert_transitions (alert_id, tenant_id, from_status, to_status, "by", at, note)'
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_DELETE_TRANSITIONS: Final = (
+    "DELETE FROM alert_transitions WHERE tenant_id = ? AND alert_id IN"
+    " (SELECT id FROM alerts WHERE tenant_id = ?"
+    " AND status IN ('resolved', 'dismissed') AND resolved_at < ?)"
+)
+_DELETE_ALERTS: Final = (
+    "DELETE FROM alerts WHERE tenant_id = ?"
+    " AND status IN ('resolved', 'dismissed') AND resolved_at < ?"
+)
+
+
+def _opt_dt(value: int | None) -> datetime | None:
+    return None if value is None else us_to_dt(value)
+
+
+def _opt_us(value: datetime | None) -> int | None:
+    return None if value is None else dt_to_us(value)
+
+
+def _row(r: sqlite3.Row) -> StoredAlert:
+    return StoredAlert(
+        id=r["id"],
+        tenant_id=r["tenant_id"],
+        fingerprint=r["fingerprint"],
+        rule_id=r["rule_id"],
+        rule_version=r["rule_version"],
+        group=json.loads(r["group"]),
+        severity=r["severity"],
+        type=r["type"],
+        title=r["title"],
+        description=r["description"],
+        source=r["source"],
+        status=cast("Status", r["status"]),
+        metadata=json.loads(r["metadata"]),
+        tags=json.loads(r["tags"]),
+        evidence=json.loads(r["evidence"]),
+        evidence_window=json.loads(r["evidence_window"]),
+        occurrences=r["occurrences"],
+        count=r["count"],
+        first_seen=us_to_dt(r["first_seen"]),
+        last_seen=us_to_dt(r["last_seen"]),
+        period_start=us_to_dt(r["period_start"]),
+        period_end=us_to_dt(r["period_end"]),
+        created_at=us_to_dt(r["created_at"]),
+        updated_at=us_to_dt(r["updated_at"]),
+        acknowledged=bool(r["acknowledged"]),
+        acknowledged_at=_opt_dt(r["acknowledged_at"]),
+        acknowledged_by=r["acknowledged_by"],
+        resolved=bool(r["resolved"]),
+        resolved_at=_opt_dt(r["resolved_at"]),
+        resolved_by=r["resolved_by"],
+        resolution_notes=r["resolution_notes"],
+        trace_id=r["trace_id"],
+    )
+
+
+def _params(alert: Alert, now_us: int) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "tenant_id": alert.tenant_id,
+        "fingerprint": alert.fingerprint,
+        "rule_id": alert.rule_id,
+        "rule_version": alert.rule_version,
+        "group": json.dumps(alert.group),
+        "severity": alert.severity,
+        "type": alert.type,
+        "title": alert.title,
+        "description": alert.description,
+        "source": alert.source,
+        "metadata": json.dumps(alert.metadata),
+        "tags": json.dumps(alert.tags),
+        "evidence": json.dumps(alert.evidence_ids),
+        "evidence_window": json.dumps(evidence_window(alert)),
+        "occurrences": alert.occurrences,
+        "count": alert.count,
+        "first_seen": alert.first_seen_us,
+        "last_seen": alert.last_seen_us,
+        "period_start": alert.period_start_us,
+        "period_end": alert.period_end_us,
+        "now": now_us,
+    }
+
+
+class SqliteAlertStore:
+    """An :class:`~rayworker.sinks.alert_store.AlertStore` in one SQLite file (or in memory).
+
+    Call :meth:`open` (or use ``async with``) before anything else. ``open(migrate=True)``,
+    the default, applies pending migrations; ``migrate=False`` refuses to run on a database
+    with pending migrations.
+    """
+
+    def __init__(self, path: str | Path, *, clock: Clock | None = None) -> None:
+        self._path = str(path)
+        self._clock: Clock = clock or SystemClock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteAlertStore(path={self._path!r})"
+
+    async def __aenter__(self) -> SqliteAlertStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            msg = "the SQLite alert store is not open; call `await store.open()` first"
+            raise SinkError(msg)
+
+        def call() -> T:
+            conn = self._conn
+            if conn is None:  # pragma: no cover - open() sets it before any call can run
+                msg = "the SQLite alert store is closed"
+                raise SinkError(msg)
+            return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def wrapped(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await self._run(wrapped)
+
+    async def open(self, *, migrate: bool = True) -> None:
+        """Open the database; apply (or, with ``migrate=False``, require) the migrations."""
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayworker-sqlite")
+
+        def connect(_: None) -> MigrationStatus:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            self._conn = conn
+            if migrate:
+                migrate_sqlite(conn)
+            return check_sqlite(conn)
+
+        loop = asyncio.get_running_loop()
+        try:
+            status = await loop.run_in_executor(self._executor, connect, None)
+        except sqlite3.Error as exc:
+            await self.close()
+            msg = f"could not open the SQLite alert store at {self._path}: {exc}"
+            raise SinkError(msg) from exc
+        if not status.up_to_date:
+            await self.close()
+            msg = (
+                f"the SQLite alert store at {self._path} has {status.describe()};"
+                " open it with migrate=True or run the migrations first"
+            )
+            raise MigrationError(msg)
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread."""
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def shut() -> None:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+
+        await asyncio.get_running_loop().run_in_executor(executor, shut)
+        executor.shutdown(wait=True)
+
+    async def check(self) -> MigrationStatus:
+        """Applied and pending migrations of this database."""
+        return await self._run(check_sqlite)
+
+    # ----------------------------------------------------------------- writes
+
+    async def upsert(self, alerts: Sequence[Alert]) -> int:
+        """Insert or update alerts by id; returns how many distinct ids were written."""
+        batch = fold_batch(alerts)
+        if not batch:
+            return 0
+        now_us = dt_to_us(self._clock.now())
+        params = [_params(a, now_us) for a in batch]
+
+        def write(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(_UPSERT, params)
+            return conn.total_changes - before
+
+        return await self._tx(write)
+
+    async def _act(
+        self, tenant: str, alert_id: str, action: Action, by: str, note: str | None
+    ) -> StoredAlert:
+        check_actor(by)
+        at = self._clock.now()
+
+        def act(conn: sqlite3.Connection) -> StoredAlert:
+            found = conn.execute(
+                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (alert_id, tenant)
+            ).fetchone()
+            if found is None:
+                raise not_found(alert_id)
+            updated, record = apply_action(_row(found), action, by=by, note=note, at=at)
+            conn.execute(
+                _LIFECYCLE_UPDATE,
+                {
+                    "status": updated.status,
+                    "acknowledged": int(updated.acknowledged),
+                    "acknowledged_at": _opt_us(updated.acknowledged_at),
+                    "acknowledged_by": updated.acknowledged_by,
+                    "resolved": int(updated.resolved),
+                    "resolved_at": _opt_us(updated.resolved_at),
+                    "resolved_by": updated.resolved_by,
+                    "resolution_notes": updated.resolution_notes,
+                    "updated_at": dt_to_us(updated.updated_at),
+                    "id": alert_id,
+                    "tenant": tenant,
+                },
+            )
+            conn.execute(
+                _INSERT_TRANSITION,
+                (
+                    record.alert_id,
+                    record.tenant_id,
+                    record.from_status,
+                    record.to_status,
+                    record.by,
+                    dt_to_us(record.at),
+                    record.note,
+                ),
+            )
+            return updated
+
+        return await self._tx(act)
+
+    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
+        """Acknowledge an active alert."""
+        return await self._act(tenant, alert_id, "acknowledge", by, None)
+
+    async def resolve(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Resolve an active or acknowledged alert."""
+        return await self._act(tenant, alert_id, "resolve", by, notes)
+
+    async def dismiss(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Dismiss an active or acknowledged alert."""
+        return await self._act(tenant, alert_id, "dismiss", by, notes)
+
+    async def reopen(
+        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
+    ) -> StoredAlert:
+        """Make a closed or acknowledged alert active again."""
+        return await self._act(tenant, alert_id, "reopen", by, note)
+
+    async def cleanup_resolved(self, tenant: str, *, older_than: timedelta, now: datetime) -> int:
+        """Delete resolved and dismissed alerts (and their history) closed before the cutoff."""
+        check_retention(older_than)
+        cutoff = dt_to_us(require_aware(now, "now") - older_than)
+
+        def delete(conn: sqlite3.Connection) -> int:
+            conn.execute(_DELETE_TRANSITIONS, (tenant, tenant, cutoff))
+            return conn.execute(_DELETE_ALERTS, (tenant, cutoff)).rowcount
+
+        return await self._tx(delete)
+
+    # ----------------------------------------------------------------- reads
+
+    async def get(self, tenant: str, alert_id: str) -> StoredAlert | None:
+        """One of the tenant's alerts, or None."""
+
+        def read(conn: sqlite3.Connection) -> StoredAlert | None:
+            found = conn.execute(
+                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (alert_id, tenant)
+            ).fetchone()
+            return None if found is None else _row(found)
+
+        return await self._run(read)
+
+    async def list_active(
+        self, tenant: str, *, limit: int = 50, offset: int = 0, after: Cursor | None = None
+    ) -> builtins.list[StoredAlert]:
+        """Active and acknowledged alerts, newest first."""
+        check_page(limit, offset)
+        params = {
+            "tenant": tenant,
+            "after_seen": None if after is None else dt_to_us(after.last_seen),
+            "after_id": None if after is None else after.id,
+            "limit": limit,
+            "offset": offset,
+        }
+
+        def read(conn: sqlite3.Connection) -> builtins.list[StoredAlert]:
+            return [_row(r) for r in conn.execute(_ACTIVE_PAGE, params)]
+
+        return await self._run(read)
+
+    async def count_active(self, tenant: str) -> int:
+        """How many of the tenant's alerts are active or acknowledged."""
+
+        def read(conn: sqlite3.Connection) -> int:
+            row = conn.execute(
+                "SELECT count(*) FROM alerts WHERE tenant_id = ?"
+                " AND status IN ('active', 'acknowledged')",
+                (tenant,),
+            ).fetchone()
+            return int(row[0])
+
+        return await self._run(read)
+
+    async def transitions(self, tenant: str, alert_id: str) -> builtins.list[Transition]:
+        """The alert's lifecycle history, oldest first."""
+
+        def read(conn: sqlite3.Connection) -> builtins.list[Transition]:
+            rows = conn.execute(
+                'SELECT alert_id, tenant_id, from_status, to_status, "by", at, note'
+                " FROM alert_transitions WHERE tenant_id = ? AND alert_id = ? ORDER BY id",
+                (tenant, alert_id),
+            )
+            return [
+                Transition(
+                    r["alert_id"],
+                    r["tenant_id"],
+                    r["from_status"],
+                    r["to_status"],
+                    r["by"],
+                    us_to_dt(r["at"]),
+                    r["note"],
+                )
+                for r in rows
+            ]
+
+        return await self._run(read)
+
+    async def stats(self, tenant: str, *, now: datetime) -> AlertStats:
+        """Counts by status, severity and rule, and trends before ``now``."""
+        now = require_aware(now, "now")
+        now_us = dt_to_us(now)
+        cutoffs = [dt_to_us(now - span) for _, span in TREND_PERIODS]
+
+        def read(conn: sqlite3.Connection) -> AlertStats:
+            groups = conn.execute(
+                "SELECT status, severity, rule_id, count(*) AS n FROM alerts"
+                " WHERE tenant_id = ? GROUP BY status, severity, rule_id",
+                (tenant,),
+            ).fetchall()
+            trends = []
+            for (name, _), since in zip(TREND_PERIODS, cutoffs, strict=True):
+                row = conn.execute(
+                    "SELECT"
+                    " coalesce(sum(CASE WHEN created_at >= :since AND created_at <= :now"
+                    " THEN 1 ELSE 0 END), 0),"
+                    " coalesce(sum(CASE WHEN resolved_at >= :since AND resolved_at <= :now"
+                    " THEN 1 ELSE 0 END), 0)"
+                    " FROM alerts WHERE tenant_id = :tenant",
+                    {"since": since, "now": now_us, "tenant": tenant},
+                ).fetchone()
+                trends.append(TrendPoint(name, int(row[0]), int(row[1])))
+            by_status, by_severity = empty_stats_maps()
+            by_rule: dict[str, int] = {}
+            total = 0
+            for g in groups:
+                n = int(g["n"])
+                total += n
+                by_status[g["status"]] = by_status.get(g["status"], 0) + n
+                by_severity[g["severity"]] = by_severity.get(g["severity"], 0) + n
+                by_rule[g["rule_id"]] = by_rule.get(g["rule_id"], 0) + n
+            return AlertStats(total, by_status, by_severity, by_rule, tuple(trends))
+
+        return await self._run(read)
+
+    async def list(
+        self,
+        tenant: str,
+        *,
+        status: str | None = None,
+        severity: str | None = None,
+        rule_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> builtins.list[StoredAlert]:
+        """The tenant's alerts matching every given filter, newest first."""
+        check_page(limit, offset)
+        params = {
+            "tenant": tenant,
+            "status": status,
+            "severity": severity,
+            "rule_id": rule_id,
+            "limit": limit,
+            "offset": offset,
+        }
+
+        def read(conn: sqlite3.Connection) -> builtins.list[StoredAlert]:
+            return [_row(r) for r in conn.execute(_FILTERED_PAGE, params)]
+
+        return await self._run(read)
