@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,7 @@ __all__ = [
     "AlertStats",
     "AlertStore",
     "Cursor",
+    "LifecycleActions",
     "LifecycleError",
     "MigrationError",
     "QueryError",
@@ -481,3 +483,35 @@ def apply_action(
 def empty_stats_maps() -> tuple[dict[str, int], dict[str, int]]:
     """Status and severity maps with every known key at zero."""
     return dict.fromkeys(STATUSES, 0), dict.fromkeys(SEVERITIES, 0)
+
+
+class LifecycleActions(ABC):
+    """The four lifecycle calls, shared by every store; each store implements ``_act``."""
+
+    @abstractmethod
+    async def _act(
+        self, tenant: str, alert_id: str, action: Action, by: str, note: str | None
+    ) -> StoredAlert:
+        """Apply one lifecycle action in one transaction, recording the transition."""
+
+    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
+        """Acknowledge an active alert."""
+        return await self._act(tenant, alert_id, "acknowledge", by, None)
+
+    async def resolve(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Resolve an active or acknowledged alert."""
+        return await self._act(tenant, alert_id, "resolve", by, notes)
+
+    async def dismiss(
+        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
+    ) -> StoredAlert:
+        """Dismiss an active or acknowledged alert."""
+        return await self._act(tenant, alert_id, "dismiss", by, notes)
+
+    async def reopen(
+        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
+    ) -> StoredAlert:
+        """Make a closed or acknowledged alert active again."""
+        return await self._act(tenant, alert_id, "reopen", by, note)

@@ -18,6 +18,7 @@ from rayworker.sinks.alert_store import (
     Action,
     AlertStats,
     Cursor,
+    LifecycleActions,
     StoredAlert,
     Transition,
     TrendPoint,
@@ -40,7 +41,7 @@ def _newest_first(row: StoredAlert) -> tuple[datetime, str]:
     return (row.last_seen, row.id)
 
 
-class MemoryAlertStore:
+class MemoryAlertStore(LifecycleActions):
     """An :class:`~rayworker.sinks.alert_store.AlertStore` held in memory."""
 
     def __init__(self, *, clock: Clock | None = None) -> None:
@@ -112,28 +113,6 @@ class MemoryAlertStore:
         self._rows[alert_id] = updated
         self._transitions.append(record)
         return updated
-
-    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
-        """Acknowledge an active alert."""
-        return await self._act(tenant, alert_id, "acknowledge", by, None)
-
-    async def resolve(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Resolve an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "resolve", by, notes)
-
-    async def dismiss(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Dismiss an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "dismiss", by, notes)
-
-    async def reopen(
-        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
-    ) -> StoredAlert:
-        """Make a closed or acknowledged alert active again."""
-        return await self._act(tenant, alert_id, "reopen", by, note)
 
     async def transitions(self, tenant: str, alert_id: str) -> builtins.list[Transition]:
         """The alert's lifecycle history, oldest first."""

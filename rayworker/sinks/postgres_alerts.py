@@ -37,6 +37,7 @@ from rayworker.sinks.alert_store import (
     Action,
     AlertStats,
     Cursor,
+    LifecycleActions,
     MigrationError,
     Status,
     StoredAlert,
@@ -235,7 +236,7 @@ def _columns(batch: Sequence[Alert]) -> list[list[Any]]:
     ]
 
 
-class PostgresAlertStore:
+class PostgresAlertStore(LifecycleActions):
     """An :class:`~rayworker.sinks.alert_store.AlertStore` in PostgreSQL, one pool per store."""
 
     def __init__(
@@ -396,28 +397,6 @@ class PostgresAlertStore:
         if written is None:  # pragma: no cover - the row is locked FOR UPDATE above
             raise not_found(alert_id)
         return _row(written)
-
-    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
-        """Acknowledge an active alert."""
-        return await self._act(tenant, alert_id, "acknowledge", by, None)
-
-    async def resolve(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Resolve an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "resolve", by, notes)
-
-    async def dismiss(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Dismiss an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "dismiss", by, notes)
-
-    async def reopen(
-        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
-    ) -> StoredAlert:
-        """Make a closed or acknowledged alert active again."""
-        return await self._act(tenant, alert_id, "reopen", by, note)
 
     async def cleanup_resolved(self, tenant: str, *, older_than: timedelta, now: datetime) -> int:
         """Delete resolved and dismissed alerts (and their history) closed before the cutoff."""

@@ -34,6 +34,7 @@ from rayworker.sinks.alert_store import (
     Action,
     AlertStats,
     Cursor,
+    LifecycleActions,
     MigrationError,
     Status,
     StoredAlert,
@@ -195,7 +196,7 @@ def _params(alert: Alert, now_us: int) -> dict[str, Any]:
     }
 
 
-class SqliteAlertStore:
+class SqliteAlertStore(LifecycleActions):
     """An :class:`~rayworker.sinks.alert_store.AlertStore` in one SQLite file (or in memory).
 
     Call :meth:`open` (or use ``async with``) before anything else. ``open(migrate=True)``,
@@ -357,28 +358,6 @@ class SqliteAlertStore:
             return updated
 
         return await self._tx(act)
-
-    async def acknowledge(self, tenant: str, alert_id: str, *, by: str) -> StoredAlert:
-        """Acknowledge an active alert."""
-        return await self._act(tenant, alert_id, "acknowledge", by, None)
-
-    async def resolve(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Resolve an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "resolve", by, notes)
-
-    async def dismiss(
-        self, tenant: str, alert_id: str, *, by: str, notes: str | None = None
-    ) -> StoredAlert:
-        """Dismiss an active or acknowledged alert."""
-        return await self._act(tenant, alert_id, "dismiss", by, notes)
-
-    async def reopen(
-        self, tenant: str, alert_id: str, *, by: str, note: str | None = None
-    ) -> StoredAlert:
-        """Make a closed or acknowledged alert active again."""
-        return await self._act(tenant, alert_id, "reopen", by, note)
 
     async def cleanup_resolved(self, tenant: str, *, older_than: timedelta, now: datetime) -> int:
         """Delete resolved and dismissed alerts (and their history) closed before the cutoff."""
