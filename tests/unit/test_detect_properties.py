@@ -4,6 +4,7 @@ batch split, snapshot point or other tenants' traffic."""
 from __future__ import annotations
 
 import itertools
+import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,7 +193,9 @@ def comparable(alerts: dict[str, Any], *, watermark: bool = True) -> dict[str, t
     }
 
 
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# RAYWORKER_PROPERTY_EXAMPLES=1500 runs a deeper search (minutes instead of seconds).
+EXAMPLES = int(os.environ.get("RAYWORKER_PROPERTY_EXAMPLES", "150"))
+PROPS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
