@@ -16,6 +16,7 @@ CORE = [
     PACKAGE / "detect.py",
     PACKAGE / "alerts.py",
     PACKAGE / "clock.py",
+    PACKAGE / "routing.py",
     *sorted((PACKAGE / "rules").glob("*.py")),
 ]
 FORBIDDEN = {"ray", "redis", "asyncpg"}
