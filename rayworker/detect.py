@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -518,7 +519,7 @@ class Detector:
                 if tag is None:
                     continue
                 if isinstance(tag, dict | list):
-                    tag = repr(tag)
+                    tag = msgspec.json.encode(tag, order="sorted").decode()
             elif step_tags is not None:
                 tag = step_tags[i]
             else:
