@@ -1,21 +1,41 @@
 """Routing: (tenant, group values) -> key group -> shard. Pure; no Ray.
 
-State is partitioned into a fixed number of *key groups* (default 256, fixed when a cluster is
-created; the idea comes from Flink). An event's key group for a rule is a stable hash of its
-tenant and the values of the rule's ``group_by``. Shards own sets of key groups, so:
+State is partitioned into a fixed number of *key groups* (default 256, chosen when a cluster
+is created and never changed afterwards; the idea comes from Flink). Three steps:
 
-* a hot tenant spreads over many shards (its principals hash to many key groups) instead of
-  pinning one;
-* rebalancing moves whole key groups, and only as many as it must;
-* the hash is xxh3-64 over a canonical JSON encoding of ``[tenant, *values]``: the same in
-  every process and Python version (never ``hash()``), and ``"1"``, ``1`` and ``true`` differ.
+1. **Key -> key group.** A rule keeps state per (tenant, values of its ``group_by``). That key
+   hashes to ``xxh3_64(canonical JSON of [tenant, *values]) % groups``. The hash is stable
+   across processes, machines and Python versions (``hash()`` is salted per process, so it is
+   never used), and the JSON encoding keeps types apart: ``"1"``, ``1``, ``1.0``, ``true`` and
+   ``null`` are five different keys, and the tenant is part of every key.
+2. **Key group -> shard.** An :class:`Assignment` maps every key group to exactly one shard.
+   It is versioned plain data, so a router can persist it and a restarted router can load it.
+3. **Event -> shards.** Rules with the same ``group_by`` share a *signature*. An event goes to
+   the shard that owns its key group under each distinct signature among the enabled rules
+   (:func:`route`). The empty signature means "the tenant alone".
 
-An :class:`Assignment` (key group -> shard, with a version) is plain data, so it can be
-persisted and found again by a restarted router.
+Why this shape:
+
+* **Hot tenants spread.** A tenant's keys include its principals, addresses and so on, so one
+  busy tenant hashes to many key groups and lands on many shards, instead of pinning one.
+  Only rules grouped by the tenant alone keep a tenant on one shard.
+* **Rebalancing moves whole key groups, and as few as possible.** Shards own key groups, not
+  keys, so moving state is moving a few whole groups. :meth:`Assignment.rebalance` keeps
+  every shard at floor or ceil of ``groups / shards`` and moves the minimum number of groups:
+  leaving shards give all of theirs away, joining shards take only what they need, and only
+  from shards above their new share.
+* **The hash never changes.** A different hash would put state on the wrong shard after an
+  upgrade; the unit tests pin a few hash values so such a change cannot go unnoticed.
+
+Group values are JSON values as the event decoder produces them: ``str``, ``int``, finite
+``float``, ``bool``, ``None``, and ``list`` or ``dict`` (dict keys are sorted before
+hashing). Anything else (``bytes``, NumPy scalars, NaN) raises :class:`ValueError`, because
+its JSON form would be ambiguous or missing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,17 +45,35 @@ import numpy as np
 import numpy.typing as npt
 import xxhash
 
-__all__ = ["DEFAULT_KEY_GROUPS", "MAX_KEY_GROUPS", "Assignment", "key_group", "key_groups", "route"]
+__all__ = [
+    "DEFAULT_KEY_GROUPS",
+    "MAX_KEY_GROUPS",
+    "MAX_SHARD_ID",
+    "Assignment",
+    "key_group",
+    "key_groups",
+    "route",
+]
 
 DEFAULT_KEY_GROUPS = 256
 MAX_KEY_GROUPS = 65_536
+MAX_SHARD_ID = 2**31 - 1
 
-_encode = msgspec.json.Encoder().encode
+_encode = msgspec.json.Encoder(order="sorted").encode
+_digest = xxhash.xxh3_64_intdigest
+# Exact types only: msgspec would encode bytes, datetimes and UUIDs as JSON strings (colliding
+# with real strings), and refuses NumPy scalars.
+_VALUE_TYPES = frozenset({str, int, float, bool, type(None), list, dict})
+_JSON_FIELDS = ("groups", "owner", "version")
 
 
 def key_group(tenant: str, values: Sequence[object], *, groups: int = DEFAULT_KEY_GROUPS) -> int:
-    """The key group of a (tenant, group values) key."""
-    return xxhash.xxh3_64_intdigest(_encode([tenant, *values])) % groups
+    """The key group, in ``[0, groups)``, of the key (``tenant``, ``values``)."""
+    _check_groups(groups, "groups")
+    _check_tenants([tenant], "tenant")
+    for i, value in enumerate(values):
+        _check_values([value], f"values[{i}]")
+    return int(_digest(_encode([tenant, *values])) % groups)
 
 
 def key_groups(
@@ -44,94 +82,138 @@ def key_groups(
     *,
     groups: int = DEFAULT_KEY_GROUPS,
 ) -> npt.NDArray[np.int32]:
-    """The key group of every event, given its tenant and its group-by columns."""
-    digest = xxhash.xxh3_64_intdigest
-    out = [
-        digest(_encode([tenant, *row])) % groups
-        for tenant, *row in zip(tenants, *columns, strict=True)
-    ]
-    return np.array(out, dtype=np.int32)
+    """Each event's key group, given its tenant and its group-by columns.
+
+    ``columns[j][i]`` is event ``i``'s value for the ``j``-th group-by field; element ``i`` of
+    the result equals ``key_group(tenants[i], [c[i] for c in columns], groups=groups)``.
+    """
+    _check_groups(groups, "groups")
+    n = len(tenants)
+    _check_tenants(tenants, "tenants")
+    for j, column in enumerate(columns):
+        if len(column) != n:
+            msg = f"columns[{j}]: got {len(column)} values for {n} tenants; give one per event"
+            raise ValueError(msg)
+        _check_values(column, f"columns[{j}]")
+    # zip yields (tenant, v1, v2, ...) tuples, which encode exactly like [tenant, *values].
+    digests = np.fromiter(
+        map(_digest, map(_encode, zip(tenants, *columns, strict=True))), np.uint64, count=n
+    )
+    return (digests % np.uint64(groups)).astype(np.int32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Assignment:
-    """Which shard owns each key group, and a version that grows with every change."""
+    """Which shard owns each key group (``owner[group]``), and a version that grows on change.
+
+    Shards are non-negative integer ids; they need not be contiguous. Build one with
+    :meth:`balanced`, change it with :meth:`rebalance`, persist it with :meth:`to_json`.
+    """
 
     groups: int
     owner: tuple[int, ...]
     version: int = 0
 
     def __post_init__(self) -> None:
-        if not 1 <= self.groups <= MAX_KEY_GROUPS:
-            msg = f"groups: got {self.groups}; use 1..{MAX_KEY_GROUPS} (default 256)"
+        _check_groups(self.groups, "groups")
+        if not isinstance(self.owner, tuple):
+            msg = (
+                f"owner: got a {type(self.owner).__name__}; pass a tuple of shard ids "
+                "(Assignment.from_json accepts a list)"
+            )
             raise ValueError(msg)
         if len(self.owner) != self.groups:
             msg = (
                 f"owner: got {len(self.owner)} entries for {self.groups} key groups; "
-                "give one shard per key group"
+                "give exactly one shard id per key group"
             )
             raise ValueError(msg)
-        if any(shard < 0 for shard in self.owner):
-            msg = "owner: shard ids must be >= 0"
+        if not set(map(type, self.owner)) <= {int}:
+            bad = next(s for s in self.owner if type(s) is not int)
+            msg = f"owner: got a {type(bad).__name__} ({bad!r}); shard ids are ints"
             raise ValueError(msg)
-        if self.version < 0:
-            msg = f"version: got {self.version}; use >= 0"
+        if not 0 <= min(self.owner) <= max(self.owner) <= MAX_SHARD_ID:
+            msg = (
+                f"owner: shard ids range over {min(self.owner)}..{max(self.owner)}; "
+                f"use ids in 0..{MAX_SHARD_ID}"
+            )
+            raise ValueError(msg)
+        if type(self.version) is not int or self.version < 0:
+            msg = f"version: got {self.version!r}; use an int >= 0"
             raise ValueError(msg)
 
+    def __repr__(self) -> str:
+        # The owner tuple can hold 65,536 entries: summarise it.
+        shards = self.shards
+        return (
+            f"Assignment(groups={self.groups}, shards={len(shards)} "
+            f"[{shards[0]}..{shards[-1]}], version={self.version})"
+        )
+
     @classmethod
-    def balanced(cls, shards: int, groups: int = DEFAULT_KEY_GROUPS) -> Assignment:
-        """Key groups dealt round-robin over shards 0..shards-1 (sizes differ by at most 1)."""
-        if shards < 1:
-            msg = f"shards: got {shards}; use at least 1"
+    def balanced(cls, shards: int, *, groups: int = DEFAULT_KEY_GROUPS) -> Assignment:
+        """Key groups dealt round-robin over shards ``0..shards-1``; sizes differ by at most 1.
+
+        With more shards than key groups, the shards beyond ``groups`` own nothing.
+        """
+        if type(shards) is not int or not 1 <= shards <= MAX_SHARD_ID + 1:
+            msg = f"shards: got {shards!r}; use an int >= 1 (the number of shards)"
             raise ValueError(msg)
+        _check_groups(groups, "groups")
         return cls(groups, tuple(g % shards for g in range(groups)))
 
     @property
     def shards(self) -> tuple[int, ...]:
-        """The shards that own at least one key group, in order."""
+        """The shards that own at least one key group, ascending."""
         return tuple(sorted(set(self.owner)))
 
     def shard_of(self, group: int) -> int:
-        """The shard that owns a key group."""
+        """The shard that owns key group ``group``."""
+        if type(group) is not int or not 0 <= group < self.groups:
+            msg = f"group: got {group!r}; key groups are ints in 0..{self.groups - 1}"
+            raise ValueError(msg)
         return self.owner[group]
 
     def groups_of(self, shard: int) -> tuple[int, ...]:
-        """The key groups a shard owns."""
+        """The key groups ``shard`` owns, ascending (empty if it owns none)."""
         return tuple(g for g, s in enumerate(self.owner) if s == shard)
 
     def rebalance(self, shards: Sequence[int]) -> Assignment:
-        """Spread the key groups over ``shards``, moving as few groups as possible.
+        """Spread all key groups over ``shards``, moving as few groups as possible.
 
-        Each shard ends with floor or ceil of groups/len(shards). Leaving shards give away all
-        their groups; staying shards keep what they have up to their target; joining shards
-        take only what they need.
+        Every shard in ``shards`` ends with floor or ceil of ``groups / len(set(shards))``
+        groups; the larger shares go to the shards that already hold the most. Shards not in
+        ``shards`` give away all their groups; the others keep what they hold up to their
+        share and give away only the rest; shards below their share take only what they
+        need. The version grows by one.
         """
         wanted = sorted(set(shards))
-        if not wanted or any(s < 0 for s in wanted):
-            msg = f"shards: got {list(shards)}; give at least one shard id >= 0"
+        if not wanted or not all(type(s) is int and 0 <= s <= MAX_SHARD_ID for s in wanted):
+            msg = f"shards: got {list(shards)!r}; give at least one shard id in 0..{MAX_SHARD_ID}"
             raise ValueError(msg)
+        held: dict[int, list[int]] = {}
+        for group, shard in enumerate(self.owner):
+            held.setdefault(shard, []).append(group)
         base, extra = divmod(self.groups, len(wanted))
-        current = {s: list(self.groups_of(s)) for s in wanted}
-        # Shards that already hold more keep the larger targets, to move less.
-        by_size = sorted(wanted, key=lambda s: (-len(current[s]), s))
-        target = {s: base + (1 if i < extra else 0) for i, s in enumerate(by_size)}
+        by_size = sorted(wanted, key=lambda s: (-len(held.get(s, ())), s))
+        share = {s: base + (1 if rank < extra else 0) for rank, s in enumerate(by_size)}
+        spare: list[int] = []
+        for shard, owned in held.items():
+            spare.extend(owned[share.get(shard, 0) :])
+        spare.sort(reverse=True)
         owner = list(self.owner)
-        spare: list[int] = [g for g, s in enumerate(owner) if s not in target]
         for shard in wanted:
-            surplus = len(current[shard]) - target[shard]
-            if surplus > 0:
-                spare.extend(current[shard][-surplus:])
-        spare.sort()
-        for shard in wanted:
-            need = target[shard] - len(current[shard])
-            for _ in range(max(0, need)):
+            for _ in range(share[shard] - len(held.get(shard, ()))):
                 owner[spare.pop()] = shard
         return Assignment(self.groups, tuple(owner), self.version + 1)
 
     def moves(self, other: Assignment) -> dict[int, tuple[int, int]]:
-        """Key groups whose owner differs in ``other``: group -> (from, to)."""
+        """The key groups whose owner differs in ``other``: ``group -> (from, to)``."""
         if other.groups != self.groups:
-            msg = f"groups: {self.groups} vs {other.groups}; key groups are fixed per cluster"
+            msg = (
+                f"groups: {self.groups} here, {other.groups} in other; key groups are fixed "
+                "when a cluster is created, so compare assignments of the same cluster"
+            )
             raise ValueError(msg)
         return {
             g: (a, b)
@@ -140,19 +222,28 @@ class Assignment:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Plain data, to persist the assignment."""
+        """Plain, JSON-ready data to persist the assignment; :meth:`from_json` reads it back."""
         return {"groups": self.groups, "owner": list(self.owner), "version": self.version}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Assignment:
-        """An assignment from :meth:`to_json` output."""
-        try:
-            return cls(
-                int(data["groups"]), tuple(int(s) for s in data["owner"]), int(data["version"])
+        """The assignment that :meth:`to_json` returned (types are checked, not coerced)."""
+        if not isinstance(data, Mapping):
+            msg = f"assignment: got a {type(data).__name__}; expected the dict from to_json()"
+            raise ValueError(msg)
+        missing = [f for f in _JSON_FIELDS if f not in data]
+        unknown = sorted(str(k) for k in data if k not in _JSON_FIELDS)
+        if missing or unknown:
+            msg = (
+                f"assignment: missing {missing}, unknown {unknown}; "
+                f"expected exactly the fields {list(_JSON_FIELDS)} from to_json()"
             )
-        except (KeyError, TypeError) as exc:
-            msg = f"assignment data is incomplete ({exc}); expected groups, owner and version"
-            raise ValueError(msg) from exc
+            raise ValueError(msg)
+        owner = data["owner"]
+        if not isinstance(owner, list | tuple):
+            msg = f"owner: got a {type(owner).__name__}; expected a list of shard ids"
+            raise ValueError(msg)
+        return cls(data["groups"], tuple(owner), data["version"])
 
 
 def route(
@@ -160,26 +251,70 @@ def route(
     tenants: Sequence[str],
     signatures: Sequence[Sequence[Sequence[object]]],
 ) -> dict[int, npt.NDArray[np.intp]]:
-    """For each shard, the indices of the events it must receive, in arrival order.
+    """For each shard, the indices of the events it must receive.
 
-    ``signatures`` lists, for each distinct ``group_by`` among the enabled rules, its columns
-    (one per-event value list per field; no columns means the tenant alone). An event goes to
-    the shard owning its key group under every signature.
+    ``tenants[i]`` is event ``i``'s tenant. ``signatures`` holds one entry per distinct
+    ``group_by`` among the enabled rules: its columns, each a per-event value list (no
+    columns means the tenant alone). Event ``i`` goes to the owner of its key group under
+    every signature, and to no other shard. Each shard's indices are ascending (arrival
+    order) and unique; shards that receive nothing are left out.
     """
-    owner = np.asarray(assignment.owner, dtype=np.int32)
     n = len(tenants)
-    targets: list[npt.NDArray[np.int32]] = []
-    for columns in signatures:
-        groups = (
-            key_groups(tenants, columns, groups=assignment.groups)
-            if n
-            else np.zeros(0, dtype=np.int32)
+    keys: list[npt.NDArray[np.int64]] = []
+    shard_ids, dense = np.unique(np.asarray(assignment.owner, dtype=np.int64), return_inverse=True)
+    positions = np.arange(n, dtype=np.int64)
+    for i, columns in enumerate(signatures):
+        try:
+            groups = key_groups(tenants, columns, groups=assignment.groups)
+        except ValueError as exc:
+            msg = f"signatures[{i}]: {exc}"
+            raise ValueError(msg) from exc
+        # One int per (shard, event): sorting them sorts by shard, then arrival order.
+        keys.append(dense[groups].astype(np.int64) * n + positions)
+    if not keys or n == 0:
+        return {}
+    flat = np.sort(np.concatenate(keys))
+    flat = flat[np.diff(flat, prepend=-1) != 0]  # an event sent twice to one shard goes once
+    shard_rank = flat // n
+    index = (flat - shard_rank * n).astype(np.intp)
+    starts = np.flatnonzero(np.diff(shard_rank, prepend=-1))
+    stops = np.append(starts[1:], len(flat))
+    return {
+        int(shard_ids[shard_rank[start]]): index[start:stop]
+        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True)
+    }
+
+
+def _check_groups(groups: object, field: str) -> None:
+    if type(groups) is not int or not 1 <= groups <= MAX_KEY_GROUPS:
+        msg = (
+            f"{field}: got {groups!r}; use an int in 1..{MAX_KEY_GROUPS} "
+            f"(default {DEFAULT_KEY_GROUPS}, fixed when the cluster is created)"
         )
-        targets.append(owner[groups])
-    out: dict[int, npt.NDArray[np.intp]] = {}
-    if not targets:
-        return out
-    stacked = np.stack(targets)
-    for shard in np.unique(stacked).tolist():
-        out[int(shard)] = np.flatnonzero((stacked == shard).any(axis=0))
-    return out
+        raise ValueError(msg)
+
+
+def _check_tenants(tenants: Sequence[object], field: str) -> None:
+    if not set(map(type, tenants)) <= {str}:
+        at, bad = next((i, t) for i, t in enumerate(tenants) if type(t) is not str)
+        msg = f"{field}: got a {type(bad).__name__} at position {at}; tenants are str"
+        raise ValueError(msg)
+
+
+def _check_values(column: Sequence[object], field: str) -> None:
+    kinds = set(map(type, column))
+    if not kinds <= _VALUE_TYPES:
+        at, bad = next((i, v) for i, v in enumerate(column) if type(v) not in _VALUE_TYPES)
+        msg = (
+            f"{field}: got a {type(bad).__name__} at position {at}; group values must be "
+            "JSON values (str, int, float, bool, None, list or dict): convert it first"
+        )
+        raise ValueError(msg)
+    if float in kinds:
+        for at, value in enumerate(column):
+            if type(value) is float and not math.isfinite(value):
+                msg = (
+                    f"{field}: got {value} at position {at}; NaN and infinities have no "
+                    "JSON form (they would hash like None): drop or replace them first"
+                )
+                raise ValueError(msg)
