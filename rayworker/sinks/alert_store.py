@@ -480,9 +480,21 @@ def apply_action(
     return updated, record
 
 
-def empty_stats_maps() -> tuple[dict[str, int], dict[str, int]]:
-    """Status and severity maps with every known key at zero."""
-    return dict.fromkeys(STATUSES, 0), dict.fromkeys(SEVERITIES, 0)
+def tally_stats(
+    groups: Iterable[tuple[str, str, str, int]], trends: Sequence[TrendPoint]
+) -> AlertStats:
+    """Statistics from (status, severity, rule id, count) groups; every status and severity
+    appears, at zero when absent."""
+    by_status = dict.fromkeys(STATUSES, 0)
+    by_severity = dict.fromkeys(SEVERITIES, 0)
+    by_rule: dict[str, int] = {}
+    total = 0
+    for status, severity, rule_id, n in groups:
+        total += n
+        by_status[status] = by_status.get(status, 0) + n
+        by_severity[severity] = by_severity.get(severity, 0) + n
+        by_rule[rule_id] = by_rule.get(rule_id, 0) + n
+    return AlertStats(total, by_status, by_severity, by_rule, tuple(trends))
 
 
 class LifecycleActions(ABC):

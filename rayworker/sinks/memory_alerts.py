@@ -26,12 +26,12 @@ from rayworker.sinks.alert_store import (
     check_actor,
     check_page,
     check_retention,
-    empty_stats_maps,
     fold_batch,
     merge_update,
     new_row,
     not_found,
     require_aware,
+    tally_stats,
 )
 
 __all__ = ["MemoryAlertStore"]
@@ -122,12 +122,6 @@ class MemoryAlertStore(LifecycleActions):
         """Counts by status, severity and rule, and trends before ``now``."""
         now = require_aware(now, "now")
         rows = [r for r in self._rows.values() if r.tenant_id == tenant]
-        by_status, by_severity = empty_stats_maps()
-        by_rule: dict[str, int] = {}
-        for r in rows:
-            by_status[r.status] = by_status.get(r.status, 0) + 1
-            by_severity[r.severity] = by_severity.get(r.severity, 0) + 1
-            by_rule[r.rule_id] = by_rule.get(r.rule_id, 0) + 1
         trends = []
         for name, span in TREND_PERIODS:
             since = now - span
@@ -136,7 +130,7 @@ class MemoryAlertStore(LifecycleActions):
                 1 for r in rows if r.resolved_at is not None and since <= r.resolved_at <= now
             )
             trends.append(TrendPoint(name, created, resolved))
-        return AlertStats(len(rows), by_status, by_severity, by_rule, tuple(trends))
+        return tally_stats(((r.status, r.severity, r.rule_id, 1) for r in rows), trends)
 
     async def cleanup_resolved(self, tenant: str, *, older_than: timedelta, now: datetime) -> int:
         """Delete resolved and dismissed alerts closed before ``now - older_than``."""

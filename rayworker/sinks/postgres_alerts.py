@@ -47,11 +47,11 @@ from rayworker.sinks.alert_store import (
     check_actor,
     check_page,
     check_retention,
-    empty_stats_maps,
     evidence_window,
     fold_batch,
     not_found,
     require_aware,
+    tally_stats,
     us_to_dt,
 )
 from rayworker.sinks.migrate import MigrationStatus, check_postgres, migrate_postgres
@@ -478,16 +478,9 @@ class PostgresAlertStore(LifecycleActions):
             TrendPoint(name, int(t[f"c{i}"]), int(t[f"r{i}"]))
             for i, (name, _) in enumerate(TREND_PERIODS, start=1)
         )
-        by_status, by_severity = empty_stats_maps()
-        by_rule: dict[str, int] = {}
-        total = 0
-        for g in groups:
-            n = int(g["n"])
-            total += n
-            by_status[g["status"]] = by_status.get(g["status"], 0) + n
-            by_severity[g["severity"]] = by_severity.get(g["severity"], 0) + n
-            by_rule[g["rule_id"]] = by_rule.get(g["rule_id"], 0) + n
-        return AlertStats(total, by_status, by_severity, by_rule, trends)
+        return tally_stats(
+            ((g["status"], g["severity"], g["rule_id"], int(g["n"])) for g in groups), trends
+        )
 
     async def list(
         self,

@@ -45,11 +45,11 @@ from rayworker.sinks.alert_store import (
     check_page,
     check_retention,
     dt_to_us,
-    empty_stats_maps,
     evidence_window,
     fold_batch,
     not_found,
     require_aware,
+    tally_stats,
     us_to_dt,
 )
 from rayworker.sinks.migrate import MigrationStatus, check_sqlite, migrate_sqlite
@@ -462,16 +462,9 @@ class SqliteAlertStore(LifecycleActions):
                     {"since": since, "now": now_us, "tenant": tenant},
                 ).fetchone()
                 trends.append(TrendPoint(name, int(row[0]), int(row[1])))
-            by_status, by_severity = empty_stats_maps()
-            by_rule: dict[str, int] = {}
-            total = 0
-            for g in groups:
-                n = int(g["n"])
-                total += n
-                by_status[g["status"]] = by_status.get(g["status"], 0) + n
-                by_severity[g["severity"]] = by_severity.get(g["severity"], 0) + n
-                by_rule[g["rule_id"]] = by_rule.get(g["rule_id"], 0) + n
-            return AlertStats(total, by_status, by_severity, by_rule, tuple(trends))
+            return tally_stats(
+                ((g["status"], g["severity"], g["rule_id"], int(g["n"])) for g in groups), trends
+            )
 
         return await self._run(read)
 
