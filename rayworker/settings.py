@@ -35,7 +35,7 @@ from rayworker.errors import ConfigError
 __all__ = ["ENV_PREFIX", "HealthThresholds", "Settings", "load_settings", "redact_dsn"]
 
 ENV_PREFIX = "RAYWORKER_"
-_ALERT_SCHEMES = ("postgresql", "postgres", "sqlite", "memory")
+_ALERT_SCHEMES = ("postgresql", "postgres", "sqlite")
 _METRIC_SCHEMES = ("redis", "rediss", "unix", "memory")
 
 
