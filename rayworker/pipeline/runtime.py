@@ -1,0 +1,49 @@
+"""Connecting to Ray: an existing cluster, or a local one kept on 127.0.0.1.
+
+A local cluster started here never takes port 6379 (Redis's port, which ``ray start --head``
+would default to): ``ray.init`` picks free ports for a cluster it starts itself. Setting
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` before Ray starts makes it advertise 127.0.0.1 instead
+of the machine's interface address, so nothing listens beyond loopback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+__all__ = ["NAMESPACE", "connect_ray"]
+
+NAMESPACE = "rayworker"
+"""The Ray namespace of rayworker's named actors (router, shards, metrics)."""
+
+
+def connect_ray(
+    address: str | None = None, *, namespace: str = NAMESPACE, num_cpus: int | None = None
+) -> str:
+    """Attach to ``address`` (or ``RAY_ADDRESS``), or start a local Ray on 127.0.0.1.
+
+    Returns the GCS address, which other processes can pass as ``RAY_ADDRESS``. Idempotent:
+    a process already connected keeps its connection.
+    """
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS") or None
+        common: dict[str, object] = {
+            "namespace": namespace,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+            "configure_logging": False,
+        }
+        if target is None:
+            # Workers inherit the driver's environment; without this they re-read the default.
+            ray.init(
+                _node_ip_address="127.0.0.1",
+                include_dashboard=False,
+                num_cpus=num_cpus,
+                runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
+                **common,  # type: ignore[arg-type]
+            )
+        else:
+            ray.init(address=target, **common)  # type: ignore[arg-type]
+    return str(ray.get_runtime_context().gcs_address)

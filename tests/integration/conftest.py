@@ -1,0 +1,73 @@
+"""Shared fixtures for tests against real services: Redis, PostgreSQL and one Ray cluster.
+
+A missing service skips the test locally and fails it when ``CI`` is set (STYLE example 6).
+Ray starts once per test session (about 6-9 s here), or is attached when ``RAY_ADDRESS`` is
+set, and every test that needs it shares it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import NoReturn
+
+import asyncpg
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from rayworker.pipeline.runtime import connect_ray
+
+REDIS_URL = os.environ.get("RAYWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get(
+    "RAYWORKER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Fail in CI, skip locally."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+async def _ping_redis() -> None:
+    client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _ping_postgres() -> None:
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=3)
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def live_redis_url() -> str:
+    """The test Redis URL, once it has answered a PING."""
+    try:
+        asyncio.run(_ping_redis())
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
+        unavailable(f"Redis unreachable at {REDIS_URL}: {type(exc).__name__}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def live_postgres_dsn() -> str:
+    """The test PostgreSQL DSN, once a connection has opened."""
+    try:
+        asyncio.run(_ping_postgres())
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
+        unavailable(f"PostgreSQL unreachable at {POSTGRES_DSN}: {type(exc).__name__}")
+    return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """One Ray cluster for the whole session; yields its GCS address for subprocesses."""
+    address = connect_ray(os.environ.get("RAY_ADDRESS"), num_cpus=4)
+    yield address
+    ray.shutdown()
