@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -71,12 +71,18 @@ __all__ = [
     "DetectorConfig",
     "LateEvent",
     "MetricDeltas",
+    "group_column",
+    "group_signatures",
+    "rule_signature",
+    "screen_batch",
 ]
 
 _US = 1_000_000
 _VECTOR_MIN = 32  # below this many candidates the per-event path is as fast
 _NEVER = -(2**62)
 _SNAPSHOT_VERSION = 1
+MAX_SIGNATURES = 64
+"""Distinct rule signatures a router can route: one bit each in a uint64 per event."""
 
 
 @dataclass(frozen=True)
@@ -308,6 +314,16 @@ class Detector:
         self._lateness_us = round(self.config.allowed_lateness_s * _US)
         self._max_seen: dict[str, int] = {}
         self._rules = [_RuleRuntime(rule, self.overrides, self.config) for rule in pack.rules]
+        signatures = group_signatures(pack)
+        if len(signatures) > MAX_SIGNATURES:
+            msg = (
+                f"the rules use {len(signatures)} different group_by lists; a router can "
+                f"route at most {MAX_SIGNATURES}: give more rules the same group_by"
+            )
+            raise ConfigError(msg)
+        self.signature_bits: dict[str, int] = {
+            rule.id: signatures.index(rule_signature(rule)) for rule in pack.rules
+        }
         fields: set[str] = set()
         for rule in pack.rules:
             fields |= set(rule.fields())
@@ -328,57 +344,87 @@ class Detector:
         start_index: int = 0,
     ) -> DetectionResult:
         """Detect over a decoded batch, in its arrival order."""
-        result = DetectionResult(rejections=list(rejections))
-        metrics = result.metrics
-        n = len(batch)
-        tenants = batch.tenants
-        accepted = np.ones(n, dtype=np.bool_)
-        if n and self.config.max_future_s is not None:
-            horizon = self._now_us() + round(self.config.max_future_s * _US)
-            future = np.flatnonzero(batch.ts > horizon)
-            for i in future.tolist():
-                accepted[i] = False
-                msg = (
-                    f"timestamp {iso_utc(int(batch.ts[i]))} is more than "
-                    f"{self.config.max_future_s:g} s ahead of the clock; fix the producer's clock"
-                )
-                result.rejections.append(
-                    Rejection(
-                        RejectReason.FUTURE_TIMESTAMP,
-                        "timestamp",
-                        msg,
-                        batch.raw[i],
-                        start_index + i,
-                        tenants[i],
-                    )
-                )
-        for rejection in result.rejections:
-            metrics.rejected[(rejection.tenant, rejection.reason.value)] += 1
-        if batch.naive:
-            for i, event in enumerate(batch.events):
-                if event.timestamp.tzinfo is None:
-                    metrics.naive_timestamps[tenants[i]] += 1
-        if n == 0:
+        result, usable, wm_after = screen_batch(
+            batch,
+            rejections,
+            start_index=start_index,
+            config=self.config,
+            now_us=self._now_us(),
+            max_seen=self._max_seen,
+        )
+        if len(batch) == 0:
             return result
+        self._run_rules(batch, wm_after, result, lambda _runtime: usable, usable)
+        return result
 
-        wm_after, late = self._advance_watermarks(tenants, batch.ts, accepted)
-        ids = batch.ids()
-        for i in np.flatnonzero(late).tolist():
-            result.late.append(
-                LateEvent(ids[i], tenants[i], int(batch.ts[i]), int(wm_after[i]), start_index + i)
+    def process_routed(
+        self,
+        lines: Sequence[bytes],
+        wm_after: npt.NDArray[np.int64],
+        owned: npt.NDArray[np.uint64],
+        watermarks: dict[str, int],
+    ) -> DetectionResult:
+        """Detect over events a router screened and routed here (see :mod:`rayworker.partition`).
+
+        The router has already rejected bad and future events, found the late ones and
+        counted events per tenant, because only it sees all of a tenant's events: here
+        ``wm_after`` gives each event's tenant watermark, ``owned`` which rule signatures
+        this shard owns each event's key under (bit ``s`` for signature ``s``), and
+        ``watermarks`` the router's largest event time per tenant, so that keys of a tenant
+        that sent nothing here lately still settle on time.
+        """
+        decoded = self.decoder.decode(lines)
+        if decoded.rejections:
+            first = decoded.rejections[0]
+            msg = (
+                f"a routed event failed to decode here ({first.message}); the router and "
+                "this shard must run the same rayworker version and rules"
             )
-            metrics.late[tenants[i]] += 1
-        usable = accepted & ~late
-        metrics.events.update(t for t, ok in zip(tenants, usable.tolist(), strict=True) if ok)
+            raise StateError(msg)
+        batch = decoded.batch
+        max_seen = self._max_seen
+        for tenant, seen in watermarks.items():
+            if seen > max_seen.get(tenant, _NEVER):
+                max_seen[tenant] = seen
+        result = DetectionResult()
+        if len(batch) == 0:
+            return result
+        masks: dict[int, npt.NDArray[np.bool_]] = {}
 
+        def usable_for(runtime: _RuleRuntime) -> npt.NDArray[np.bool_]:
+            bit = self.signature_bits[runtime.rule.id]
+            mask = masks.get(bit)
+            if mask is None:
+                mask = masks[bit] = ((owned >> np.uint64(bit)) & np.uint64(1)).astype(np.bool_)
+            return mask
+
+        # Signature 0's owner is each event's one "primary" shard: only it counts duplicates.
+        primary = (owned & np.uint64(1)).astype(np.bool_)
+        self._run_rules(batch, wm_after, result, usable_for, primary)
+        return result
+
+    def _run_rules(
+        self,
+        batch: EventBatch,
+        wm_after: npt.NDArray[np.int64],
+        result: DetectionResult,
+        usable_for: Callable[[_RuleRuntime], npt.NDArray[np.bool_]],
+        primary: npt.NDArray[np.bool_],
+    ) -> None:
+        metrics = result.metrics
+        tenants = batch.tenants
+        ids = batch.ids()
         changed: dict[str, Alert] = {}
         duplicate_rows: set[int] = set()
         for runtime in self._rules:
+            usable = usable_for(runtime)
+            if not usable.any():
+                continue
             self._run_rule(runtime, batch, usable, wm_after, ids, changed, duplicate_rows, metrics)
         for i in duplicate_rows:
-            metrics.duplicates[tenants[i]] += 1
+            if primary[i]:
+                metrics.duplicates[tenants[i]] += 1
         result.alerts = list(changed.values())
-        return result
 
     def flush(self) -> DetectionResult:
         """End of input: settle every pending evaluation as if the watermark were infinite."""
@@ -403,31 +449,6 @@ class Detector:
     def _now_us(self) -> int:
         now = self.clock.now()
         return (now - _EPOCH) // timedelta(microseconds=1)
-
-    def _advance_watermarks(
-        self, tenants: list[str], ts: npt.NDArray[np.int64], accepted: npt.NDArray[np.bool_]
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
-        """Per event: the tenant's watermark after it, and whether it was late."""
-        lateness = self._lateness_us
-        max_seen = self._max_seen
-        n = len(tenants)
-        wm_after = np.empty(n, dtype=np.int64)
-        late = np.zeros(n, dtype=np.bool_)
-        times = ts.tolist()
-        ok = accepted.tolist()
-        for i in range(n):
-            tenant = tenants[i]
-            t = times[i]
-            seen = max_seen.get(tenant)
-            if not ok[i]:
-                wm_after[i] = (seen if seen is not None else t) - lateness
-                continue
-            if seen is None or t > seen:
-                max_seen[tenant] = seen = t
-            elif t < seen - lateness:
-                late[i] = True
-            wm_after[i] = seen - lateness
-        return wm_after, late
 
     # --- rules -----------------------------------------------------------------------------
 
@@ -785,14 +806,7 @@ class Detector:
         return remaining
 
     def _group_columns_for(self, batch: EventBatch, spec: tuple[str, ...]) -> list[Any]:
-        """Each event's value of one group key: the first non-missing of its paths."""
-        if len(spec) == 1:
-            return batch.values(spec[0])
-        merged = list(batch.values(spec[0]))
-        for path in spec[1:]:
-            other = batch.values(path)
-            merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
-        return merged
+        return group_column(batch, spec)
 
     def _after_insert(
         self,
@@ -1107,6 +1121,121 @@ class Detector:
                 raise StateError(msg) from exc
         detector._max_seen = {str(k): int(v) for k, v in snapshot.get("max_seen", {}).items()}
         return detector
+
+
+def screen_batch(
+    batch: EventBatch,
+    rejections: Iterable[Rejection],
+    *,
+    start_index: int,
+    config: DetectorConfig,
+    now_us: int,
+    max_seen: dict[str, int],
+) -> tuple[DetectionResult, npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """The per-tenant bookkeeping before any rule runs, shared by a detector and a router.
+
+    Rejects future-dated events, advances each tenant's watermark (``max_seen`` is updated in
+    place), reports late events and counts events, rejections and naive timestamps. Returns
+    the result so far, which events rules may count, and each event's watermark after it.
+    """
+    result = DetectionResult(rejections=list(rejections))
+    metrics = result.metrics
+    n = len(batch)
+    tenants = batch.tenants
+    accepted = np.ones(n, dtype=np.bool_)
+    if n and config.max_future_s is not None:
+        horizon = now_us + round(config.max_future_s * _US)
+        for i in np.flatnonzero(batch.ts > horizon).tolist():
+            accepted[i] = False
+            msg = (
+                f"timestamp {iso_utc(int(batch.ts[i]))} is more than "
+                f"{config.max_future_s:g} s ahead of the clock; fix the producer's clock"
+            )
+            result.rejections.append(
+                Rejection(
+                    RejectReason.FUTURE_TIMESTAMP,
+                    "timestamp",
+                    msg,
+                    batch.raw[i],
+                    start_index + i,
+                    tenants[i],
+                )
+            )
+    for rejection in result.rejections:
+        metrics.rejected[(rejection.tenant, rejection.reason.value)] += 1
+    if batch.naive:
+        for i, event in enumerate(batch.events):
+            if event.timestamp.tzinfo is None:
+                metrics.naive_timestamps[tenants[i]] += 1
+    if n == 0:
+        return result, accepted, np.zeros(0, dtype=np.int64)
+    lateness_us = round(config.allowed_lateness_s * _US)
+    wm_after, late = _advance_watermarks(max_seen, lateness_us, tenants, batch.ts, accepted)
+    if late.any():
+        ids = batch.ids()
+        for i in np.flatnonzero(late).tolist():
+            result.late.append(
+                LateEvent(ids[i], tenants[i], int(batch.ts[i]), int(wm_after[i]), start_index + i)
+            )
+            metrics.late[tenants[i]] += 1
+    usable = accepted & ~late
+    metrics.events.update(t for t, ok in zip(tenants, usable.tolist(), strict=True) if ok)
+    return result, usable, wm_after
+
+
+def _advance_watermarks(
+    max_seen: dict[str, int],
+    lateness: int,
+    tenants: list[str],
+    ts: npt.NDArray[np.int64],
+    accepted: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per event: the tenant's watermark after it, and whether it was late."""
+    n = len(tenants)
+    wm_after = np.empty(n, dtype=np.int64)
+    late = np.zeros(n, dtype=np.bool_)
+    times = ts.tolist()
+    ok = accepted.tolist()
+    for i in range(n):
+        tenant = tenants[i]
+        t = times[i]
+        seen = max_seen.get(tenant)
+        if not ok[i]:
+            wm_after[i] = (seen if seen is not None else t) - lateness
+            continue
+        if seen is None or t > seen:
+            max_seen[tenant] = seen = t
+        elif t < seen - lateness:
+            late[i] = True
+        wm_after[i] = seen - lateness
+    return wm_after, late
+
+
+def group_column(batch: EventBatch, spec: tuple[str, ...]) -> list[Any]:
+    """Each event's value of one group key: the first non-missing of its paths."""
+    if len(spec) == 1:
+        return batch.values(spec[0])
+    merged = list(batch.values(spec[0]))
+    for path in spec[1:]:
+        other = batch.values(path)
+        merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
+    return merged
+
+
+def rule_signature(rule: Rule) -> tuple[tuple[str, ...], ...]:
+    """A rule's group signature: its ``group_by`` as field paths (coalesced keys as tuples).
+
+    Rules with equal signatures keep state under equal keys, so a router sends an event to
+    one shard per distinct signature (:func:`rayworker.routing.route`).
+    """
+    return tuple(
+        (spec,) if isinstance(spec, str) else tuple(spec.coalesce) for spec in rule.group_by
+    )
+
+
+def group_signatures(pack: RulePack) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """The distinct rule signatures of a pack, in rule order (the order routers use)."""
+    return tuple(dict.fromkeys(rule_signature(rule) for rule in pack.rules))
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -16,6 +16,14 @@ Contract
       occurrences (ties: the incoming one). An id that already belongs to another tenant is
       never overwritten. An upsert never changes an alert's lifecycle status.
     * Lifecycle actions follow :func:`transition` and each writes one :class:`Transition`.
+    * Every text is stored and returned verbatim: SQL metacharacters, any Unicode, and NUL
+      (``"\\x00"``) too. PostgreSQL ``text`` and ``jsonb`` cannot hold NUL, so the SQL stores
+      keep text through :func:`store_text` / :func:`load_text`, a reversible escape that
+      leaves every other string as it is (see :data:`NUL_ESCAPE`); a NUL never fails a write,
+      so an attacker cannot keep an alert out of the store by putting one in an event field.
+    * :meth:`AlertStore.list` returns newest ``last_seen`` first (ties: id descending), or
+      with ``sort="severity"`` CRITICAL, HIGH, MEDIUM, LOW, INFO (then any other severity),
+      newest first within a severity.
 
 Lifecycle (status machine)::
 
@@ -33,8 +41,10 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import json
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol, get_args
@@ -44,7 +54,9 @@ from rayworker.errors import SinkError
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "NUL_ESCAPE",
     "SEVERITIES",
+    "SORTS",
     "STATUSES",
     "Action",
     "AlertNotFound",
@@ -55,23 +67,35 @@ __all__ = [
     "LifecycleError",
     "MigrationError",
     "QueryError",
+    "Row",
+    "Sort",
     "Status",
     "StoredAlert",
     "Transition",
     "TrendPoint",
+    "alert_values",
     "apply_action",
     "fold_batch",
+    "load_json",
+    "load_text",
     "merge_update",
     "new_row",
+    "severity_rank",
+    "store_json",
+    "store_text",
+    "stored_alert",
+    "stored_transition",
     "transition",
 ]
 
 Status = Literal["active", "acknowledged", "resolved", "dismissed"]
 Action = Literal["acknowledge", "resolve", "dismiss", "reopen"]
+Sort = Literal["newest", "severity"]
 
 STATUSES: Final[tuple[str, ...]] = get_args(Status)
 ACTIVE_STATUSES: Final[tuple[str, ...]] = ("active", "acknowledged")
 SEVERITIES: Final[tuple[str, ...]] = ("INFO", "LOW", "MEDIUM", "HIGH", "CRITICAL")
+SORTS: Final[tuple[str, ...]] = get_args(Sort)
 TREND_PERIODS: Final[tuple[tuple[str, timedelta], ...]] = (
     ("24h", timedelta(hours=24)),
     ("7d", timedelta(days=7)),
@@ -268,10 +292,16 @@ class AlertStore(Protocol):
         status: str | None = None,
         severity: str | None = None,
         rule_id: str | None = None,
+        sort: Sort = "newest",
         limit: int = 50,
         offset: int = 0,
+        after: Cursor | None = None,
     ) -> builtins.list[StoredAlert]:
-        """The tenant's alerts matching every given filter, newest ``last_seen`` first."""
+        """The tenant's alerts matching every given filter, newest ``last_seen`` first.
+
+        ``sort="severity"`` puts CRITICAL first (see :func:`severity_rank`). ``after`` (a
+        :attr:`StoredAlert.cursor`) pages the newest-first order only.
+        """
         ...
 
     async def count_active(self, tenant: str) -> int:
@@ -347,6 +377,27 @@ def check_page(limit: int, offset: int) -> None:
     if offset < 0:
         msg = f"offset must be 0 or more, got {offset}"
         raise QueryError(msg)
+
+
+def check_list(sort: str, after: Cursor | None) -> None:
+    """Validate the order of :meth:`AlertStore.list` and its cursor."""
+    if sort not in SORTS:
+        msg = f"sort must be one of {', '.join(SORTS)}, got {sort!r}"
+        raise QueryError(msg)
+    if after is not None and sort != "newest":
+        msg = f"a cursor (after) pages only the newest-first order; with sort={sort!r} use offset"
+        raise QueryError(msg)
+
+
+_SEVERITY_RANK: Final = {name: rank for rank, name in enumerate(reversed(SEVERITIES))}
+
+
+def severity_rank(severity: str) -> int:
+    """0 for CRITICAL up to 4 for INFO; 5 for a severity outside :data:`SEVERITIES`.
+
+    The SQL stores spell the same ranks as a ``CASE`` expression.
+    """
+    return _SEVERITY_RANK.get(severity, len(SEVERITIES))
 
 
 def check_actor(by: str) -> None:
