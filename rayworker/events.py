@@ -97,6 +97,9 @@ class RejectReason(StrEnum):
     NAIVE_TIMESTAMP = "naive_timestamp"
     FUTURE_TIMESTAMP = "future_timestamp"
     TOO_LARGE = "too_large"
+    LATE = "late"
+    """Older than its tenant's watermark: counted and dead-lettered by the pipeline, so it can
+    be inspected or replayed; the decoder itself never gives this reason."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,371 @@
+"""The router actor: screens each batch once, buffers per shard, sends in order, tracks acks.
+
+Flow of one *ticket* (one batch handed to :meth:`Router.submit`, e.g. one XREADGROUP read):
+
+1. The pure :class:`~rayworker.partition.Partitioner` decodes and screens it (rejections and
+   late events go back to the caller, which dead-letters them) and splits the usable events
+   into per-shard parts.
+2. Parts wait in a per-shard buffer, which is flushed as one columnar
+   :class:`~rayworker.partition.ShardBatch` once it holds ``flush_events`` events or its
+   oldest part has waited ``linger_ms``.
+3. Flushed batches queue in a per-shard outbox; one sender per shard sends them in order,
+   with at most ``max_inflight`` unanswered. Because only the sender sends, and it sends in
+   outbox order, every key's events reach its shard in arrival order. :meth:`submit` waits
+   while any outbox is full, so a slow shard slows ingest instead of filling memory.
+4. When a shard answers, its alerts are persisted by a stateless task; when every part of a
+   ticket is answered and persisted, the ticket is *done* and the caller may acknowledge its
+   stream entries (:meth:`completed`). A ticket with a failed part is reported as *failed*
+   and must not be acknowledged, so its entries are delivered again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
+from rayworker.events import Rejection
+from rayworker.partition import Partitioner, ShardBatch
+from rayworker.pipeline.shard import ShardOutput
+from rayworker.pipeline.sinks import METRICS_ACTOR, persist_alerts, record_error, record_metrics
+from rayworker.routing import Assignment
+from rayworker.rules import RulePack
+from rayworker.settings import Settings
+
+__all__ = ["ROUTER_NAME", "Receipt", "Router"]
+
+ROUTER_NAME = "rayworker-router"
+_METRICS_EVERY_S = 1.0
+_PING_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class Receipt:
+    """What :meth:`Router.submit` tells the caller at once."""
+
+    ticket: int
+    accepted: int
+    rejections: list[Rejection]
+    late: list[LateEvent]
+
+
+@dataclass(slots=True)
+class _Ticket:
+    received: float
+    tenants: Counter[str]
+    outstanding: int = 0
+    failed: bool = False
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    batch: ShardBatch
+    tickets: list[int]
+
+
+@dataclass(slots=True)
+class _Buffer:
+    parts: list[ShardBatch] = field(default_factory=list)
+    tickets: list[int] = field(default_factory=list)
+    events: int = 0
+    oldest: float = 0.0
+
+
+class Router:
+    """See the module docstring. Runs as an async Ray actor (:func:`start_router`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pack: RulePack,
+        config: DetectorConfig,
+        assignment: Assignment,
+        shards: dict[int, Any],
+    ) -> None:
+        self.settings = settings
+        self.partitioner = Partitioner(pack, assignment, config)
+        self.shards = shards
+        self.flush_events = settings.flush_events
+        self.linger_s = settings.linger_ms / 1000
+        self.max_inflight = settings.max_inflight
+        self.buffers: dict[int, _Buffer] = {s: _Buffer() for s in shards}
+        self.outbox: dict[int, deque[_Outgoing]] = {s: deque() for s in shards}
+        self.inflight: dict[int, set[asyncio.Task[None]]] = {s: set() for s in shards}
+        self.tickets: dict[int, _Ticket] = {}
+        self.done: list[int] = []
+        self.failed: list[int] = []
+        self.pending_metrics = MetricDeltas()
+        self.pending_latency: dict[str, list[float]] = {}
+        self.sent: Counter[int] = Counter()
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._next_ticket = 0
+        self._wake: dict[int, asyncio.Event] = {}
+        self._space: asyncio.Condition | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._metrics_actor: Any = None
+        self._last_metrics = time.monotonic()
+
+    # --- set-up ------------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if self._space is not None:
+            return
+        self._space = asyncio.Condition()
+        for shard in self.shards:
+            self._wake[shard] = asyncio.Event()
+            self._background.append(asyncio.create_task(self._sender(shard)))
+        self._background.append(asyncio.create_task(self._ticker()))
+        if self.settings.metrics_backend == "memory":
+            self._metrics_actor = ray.get_actor(
+                METRICS_ACTOR, namespace=self.settings.ray_namespace
+            )
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    async def submit(self, lines: list[bytes]) -> Receipt:
+        """Screen and route one batch; returns its ticket, rejections and late events."""
+        self._ensure_started()
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        part = self.partitioner.split_lines(lines)
+        now = time.monotonic()
+        self.counts["events"] += len(lines)
+        self.counts["accepted"] += part.accepted
+        self.counts["rejected"] += len(part.rejections)
+        self.counts["late"] += len(part.late)
+        self.pending_metrics.merge(part.metrics)
+        state = self.tickets[ticket] = _Ticket(now, Counter(part.tenants))
+        for shard, sub in part.shards.items():
+            state.outstanding += 1
+            buffer = self.buffers[shard]
+            if not buffer.parts:
+                buffer.oldest = now
+            buffer.parts.append(sub)
+            buffer.tickets.append(ticket)
+            buffer.events += len(sub)
+            if buffer.events >= self.flush_events:
+                self._flush(shard)
+        if state.outstanding == 0:
+            self._finish_ticket(ticket)
+        await self._wait_for_space()
+        return Receipt(ticket, part.accepted, part.rejections, part.late)
+
+    async def completed(self) -> tuple[list[int], list[int]]:
+        """Tickets finished since the last call: (done, failed)."""
+        done, self.done = self.done, []
+        failed, self.failed = self.failed, []
+        return done, failed
+
+    async def drain(self) -> None:
+        """Flush every buffer and wait until everything sent is answered and persisted."""
+        self._ensure_started()
+        for shard in self.shards:
+            self._flush(shard)
+        while any(self.outbox.values()) or any(self.inflight.values()):
+            tasks = [t for ts in self.inflight.values() for t in ts]
+            if tasks:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(0.005)
+        await self._send_metrics()
+
+    async def finish(self) -> int:
+        """End of a bounded input: drain, settle every shard, persist; returns alerts flushed."""
+        await self.drain()
+        outputs: list[ShardOutput] = await asyncio.gather(
+            *(handle.flush.remote() for handle in self.shards.values())
+        )
+        alerts = [a for out in outputs for a in out.alerts]
+        for out in outputs:
+            self.pending_metrics.merge(out.metrics)
+        if alerts:
+            await persist_alerts.remote(self.settings, alerts)
+        await self._send_metrics()
+        return len(alerts)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _flush(self, shard: int) -> None:
+        buffer = self.buffers[shard]
+        if not buffer.parts:
+            return
+        self.buffers[shard] = _Buffer()
+        self.outbox[shard].append(_Outgoing(ShardBatch.concat(buffer.parts), buffer.tickets))
+        self._wake[shard].set()
+
+    async def _wait_for_space(self) -> None:
+        assert self._space is not None
+        limit = self.max_inflight
+        if all(len(box) < limit for box in self.outbox.values()):
+            return
+        async with self._space:
+            await self._space.wait_for(lambda: all(len(b) < limit for b in self.outbox.values()))
+
+    async def _notify_space(self) -> None:
+        assert self._space is not None
+        async with self._space:
+            self._space.notify_all()
+
+    async def _sender(self, shard: int) -> None:
+        outbox, inflight, wake = self.outbox[shard], self.inflight[shard], self._wake[shard]
+        handle = self.shards[shard]
+        while True:
+            await wake.wait()
+            while outbox:
+                while len(inflight) >= self.max_inflight:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                item = outbox.popleft()
+                self.sent[shard] += len(item.batch)
+                ref = handle.process.remote(item.batch)
+                task = asyncio.create_task(self._complete(shard, ref, item))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
+                await self._notify_space()
+            wake.clear()
+
+    async def _complete(self, shard: int, ref: Any, item: _Outgoing) -> None:
+        failed = False
+        try:
+            output: ShardOutput = await ref
+            self.pending_metrics.merge(output.metrics)
+            if output.alerts:
+                await persist_alerts.remote(self.settings, output.alerts)
+        except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
+            failed = True
+            kind = f"shard_{type(exc).__name__}"
+            self.errors[kind] += 1
+            await self._record_error(kind)
+        for ticket in item.tickets:
+            state = self.tickets[ticket]
+            state.failed |= failed
+            state.outstanding -= 1
+            if state.outstanding == 0:
+                self._finish_ticket(ticket)
+
+    def _finish_ticket(self, ticket: int) -> None:
+        state = self.tickets.pop(ticket)
+        if state.failed:
+            self.failed.append(ticket)
+            return
+        self.done.append(ticket)
+        latency_ms = (time.monotonic() - state.received) * 1000
+        for tenant, n in state.tenants.items():
+            self.pending_latency.setdefault(tenant, []).extend([latency_ms] * n)
+
+    async def _ticker(self) -> None:
+        """Flush buffers that lingered too long; send metrics about once a second."""
+        interval = max(self.linger_s / 2, 0.002)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for shard, buffer in self.buffers.items():
+                if buffer.parts and now - buffer.oldest >= self.linger_s:
+                    self._flush(shard)
+            if now - self._last_metrics >= _METRICS_EVERY_S:
+                await self._send_metrics()
+
+    async def _send_metrics(self) -> None:
+        self._last_metrics = time.monotonic()
+        pending = self.pending_metrics
+        if not self.pending_latency and not any(
+            (
+                pending.events,
+                pending.rejected,
+                pending.late,
+                pending.alerts,
+                pending.alert_updates,
+                pending.duplicates,
+                pending.state_capped,
+                pending.naive_timestamps,
+            )
+        ):
+            return
+        deltas, self.pending_metrics = pending, MetricDeltas()
+        latency, self.pending_latency = self.pending_latency, {}
+        try:
+            if self._metrics_actor is not None:
+                await self._metrics_actor.record.remote(deltas, latency)
+            else:
+                await record_metrics.remote(self.settings, deltas, latency)
+        except Exception as exc:  # noqa: BLE001 - metrics must never stop detection
+            self.errors[f"metrics_{type(exc).__name__}"] += 1
+
+    async def _record_error(self, kind: str) -> None:
+        try:
+            if self._metrics_actor is not None:
+                await self._metrics_actor.record_error.remote(None, kind)
+            else:
+                await record_error.remote(self.settings, None, kind)
+        except Exception:  # noqa: BLE001, S110 - counting an error must not raise another
+            pass
+
+    # --- introspection -------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters: events seen, accepted, rejected, late; events sent per shard; errors."""
+        return {
+            **self.counts,
+            "sent": {str(k): v for k, v in sorted(self.sent.items())},
+            "buffered": sum(b.events for b in self.buffers.values()),
+            "queued_batches": sum(len(b) for b in self.outbox.values()),
+            "inflight_batches": sum(len(t) for t in self.inflight.values()),
+            "open_tickets": len(self.tickets),
+            "errors": dict(self.errors),
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """Router status plus each shard's, pinged with a timeout."""
+        names = list(self.shards)
+        refs = [self.shards[s].ping.remote() for s in names]
+        shards: dict[str, dict[str, str]] = {}
+        for shard, ref in zip(names, refs, strict=True):
+            try:
+                await asyncio.wait_for(ref, _PING_TIMEOUT_S)
+                queued = len(self.outbox[shard])
+                status = "WARNING" if queued >= self.max_inflight else "OK"
+                shards[f"shard-{shard}"] = {
+                    "status": status,
+                    "message": f"{self.sent[shard]:,} events sent, {queued} batches queued",
+                }
+            except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+                shards[f"shard-{shard}"] = {
+                    "status": "CRITICAL",
+                    "message": f"shard not answering: {type(exc).__name__}",
+                }
+        worst = max((s["status"] for s in shards.values()), key=_rank, default="OK")
+        return {
+            "status": worst,
+            "message": (
+                f"{self.counts['events']:,} events routed to {len(names)} shards, "
+                f"{len(self.tickets)} batches open"
+            ),
+            "shards": shards,
+            "stats": await self.stats(),
+        }
+
+
+def _rank(status: str) -> int:
+    return {"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(status, 2)
+
+
+def start_router(
+    settings: Settings,
+    pack: RulePack,
+    config: DetectorConfig,
+    assignment: Assignment,
+    shards: dict[int, Any],
+) -> Any:
+    """Start the router as a named async actor."""
+    remote_cls = ray.remote(Router)
+    return remote_cls.options(
+        name=ROUTER_NAME,
+        namespace=settings.ray_namespace,
+        num_cpus=0.5,
+        max_concurrency=64,
+    ).remote(settings, pack, config, assignment, shards)

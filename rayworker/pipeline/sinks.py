@@ -1,0 +1,127 @@
+"""Stateless Ray tasks that persist alerts and write metrics, and the in-memory metrics actor.
+
+Each worker process keeps one event loop and, per DSN, one open store (an asyncpg pool, a
+SQLite connection or a Redis pool) across the tasks it runs, so a task costs one round trip
+to the database, not a connection set-up. Tasks hold no state that matters: a retried task
+repeats an idempotent upsert (alerts merge monotonically by id) or a counter increment
+(metrics; a retry after a partial failure can over-count, which Ray's ``max_retries`` limits
+to transient errors only).
+
+The embedded default keeps metrics in memory; memory in a task process would vanish, so
+that backend lives in one named actor (:class:`MetricsActor`) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+import ray
+
+from rayworker.alerts import Alert
+from rayworker.detect import MetricDeltas
+from rayworker.errors import SinkError
+from rayworker.settings import Settings
+from rayworker.sinks.alert_store import AlertStore
+from rayworker.sinks.factory import alert_store, metrics_store
+from rayworker.sinks.memory_metrics import MemoryMetricsStore
+from rayworker.sinks.metrics_store import LatencyInput, MetricsStore
+
+__all__ = [
+    "METRICS_ACTOR",
+    "MetricsActor",
+    "persist_alerts",
+    "record_error",
+    "record_metrics",
+    "run_in_worker_loop",
+]
+
+METRICS_ACTOR = "rayworker-metrics"
+_TRANSIENT: list[type[Exception]] = [SinkError, OSError]
+"""Errors worth retrying a sink task for: an unreachable or overloaded store."""
+
+_loop: asyncio.AbstractEventLoop | None = None
+_alert_stores: dict[str, AlertStore] = {}
+_metric_stores: dict[str, MetricsStore] = {}
+
+
+def run_in_worker_loop(coro: Any) -> Any:
+    """Run a coroutine on this process's one long-lived event loop."""
+    global _loop  # noqa: PLW0603 - one loop per worker process is the point
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coro)
+
+
+async def _alerts(settings: Settings) -> AlertStore:
+    key = settings.alerts_dsn.get_secret_value()
+    store = _alert_stores.get(key)
+    if store is None:
+        opened = alert_store(settings)
+        await opened.open(migrate=False)
+        store = _alert_stores[key] = opened
+    return store
+
+
+async def _metrics(settings: Settings) -> MetricsStore:
+    key = settings.metrics_url.get_secret_value() + "|" + settings.metrics_prefix
+    store = _metric_stores.get(key)
+    if store is None:
+        store = _metric_stores[key] = metrics_store(settings)
+    return store
+
+
+@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def persist_alerts(settings: Settings, alerts: list[Alert]) -> int:
+    """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed."""
+
+    async def run() -> int:
+        store = await _alerts(settings)
+        return await store.upsert(alerts)
+
+    result: int = run_in_worker_loop(run())
+    return result
+
+
+@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def record_metrics(
+    settings: Settings, deltas: MetricDeltas, latencies_ms: dict[str, list[float]]
+) -> None:
+    """Add one flush's metric deltas and latencies to Redis, in one pipelined round trip."""
+
+    async def run() -> None:
+        store = await _metrics(settings)
+        await store.record(deltas, latencies_ms=latencies_ms, at=datetime.now(UTC))
+
+    run_in_worker_loop(run())
+
+
+@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def record_error(settings: Settings, tenant: str | None, kind: str, count: int = 1) -> None:
+    """Count a processing error (a failed persist, a crashed shard call, ...)."""
+
+    async def run() -> None:
+        store = await _metrics(settings)
+        await store.record_error(tenant, kind, datetime.now(UTC), count=count)
+
+    run_in_worker_loop(run())
+
+
+class MetricsActor:
+    """The in-memory metrics store as one named actor (the embedded default)."""
+
+    def __init__(self, series_ttl_s: int) -> None:
+        self.store = MemoryMetricsStore(series_ttl_s=series_ttl_s)
+
+    async def record(self, deltas: MetricDeltas, latencies_ms: LatencyInput) -> None:
+        """Add deltas and latencies."""
+        await self.store.record(deltas, latencies_ms=latencies_ms, at=datetime.now(UTC))
+
+    async def record_error(self, tenant: str | None, kind: str, count: int = 1) -> None:
+        """Count processing errors."""
+        await self.store.record_error(tenant, kind, datetime.now(UTC), count=count)
+
+    async def snapshot(self, tenant: str | None = None) -> dict[str, object]:
+        """Totals of a tenant (or overall) in ``MetricsSnapshot.to_json`` form."""
+        return (await self.store.snapshot(tenant)).to_json()
