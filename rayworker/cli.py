@@ -45,6 +45,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from rayworker import cli_alerts, cli_pipeline
 from rayworker.alerts import AlertBook
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
 from rayworker.errors import InputError, RayworkerError
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("rules", type=Path, metavar="FILE", help="rule pack YAML file")
     validate.add_argument("--overrides", type=Path, metavar="FILE", help="per-tenant overrides")
     validate.set_defaults(handler=_rules_validate)
+    cli_pipeline.register(commands)
+    cli_alerts.register(commands)
     return parser
 
 

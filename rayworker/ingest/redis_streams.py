@@ -122,11 +122,13 @@ def _text(value: str | bytes) -> str:
 
 
 def _stream_records(reply: Any) -> list[_Record]:
-    # One stream was asked for, so a reply (RESP2, decode_responses=False) is
-    # [[stream, [(id, fields), ...]]], or empty when nothing came.
+    # One stream was asked for, so a reply is [[stream, [(id, fields), ...]]] over RESP2 or
+    # {stream: [[(id, fields), ...]]} over RESP3, and empty (or None) when nothing came.
     if not reply:
         return []
-    records: list[_Record] = reply[0][1]
+    records: list[_Record] = (
+        next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+    )
     return records
 
 

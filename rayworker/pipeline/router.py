@@ -95,7 +95,8 @@ class Router:
         self.max_inflight = settings.max_inflight
         self.buffers: dict[int, _Buffer] = {s: _Buffer() for s in shards}
         self.outbox: dict[int, deque[_Outgoing]] = {s: deque() for s in shards}
-        self.inflight: dict[int, set[asyncio.Task[None]]] = {s: set() for s in shards}
+        self.inflight: dict[int, set[asyncio.Future[ShardOutput]]] = {s: set() for s in shards}
+        self.finishing: set[asyncio.Task[None]] = set()
         self.tickets: dict[int, _Ticket] = {}
         self.done: list[int] = []
         self.failed: list[int] = []
@@ -167,10 +168,11 @@ class Router:
         self._ensure_started()
         for shard in self.shards:
             self._flush(shard)
-        while any(self.outbox.values()) or any(self.inflight.values()):
-            tasks = [t for ts in self.inflight.values() for t in ts]
-            if tasks:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        while any(self.outbox.values()) or any(self.inflight.values()) or self.finishing:
+            pending: list[asyncio.Future[Any]] = [*self.finishing]
+            pending += [f for futures in self.inflight.values() for f in futures]
+            if pending:
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(0.005)
         await self._send_metrics()
@@ -202,10 +204,19 @@ class Router:
     async def _wait_for_space(self) -> None:
         assert self._space is not None
         limit = self.max_inflight
-        if all(len(box) < limit for box in self.outbox.values()):
+        # Batches whose alerts are still being persisted count too: a slow database must
+        # slow ingest down rather than let finished batches pile up.
+        persisting = limit * len(self.shards) * 2
+
+        def room() -> bool:
+            return len(self.finishing) < persisting and all(
+                len(box) < limit for box in self.outbox.values()
+            )
+
+        if room():
             return
         async with self._space:
-            await self._space.wait_for(lambda: all(len(b) < limit for b in self.outbox.values()))
+            await self._space.wait_for(room)
 
     async def _notify_space(self) -> None:
         assert self._space is not None
@@ -222,17 +233,28 @@ class Router:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                 item = outbox.popleft()
                 self.sent[shard] += len(item.batch)
-                ref = handle.process.remote(item.batch)
-                task = asyncio.create_task(self._complete(shard, ref, item))
-                inflight.add(task)
-                task.add_done_callback(inflight.discard)
+                answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(
+                    handle.process.remote(item.batch)
+                )
+                # The slot frees when the shard answers; persisting its alerts must not hold
+                # it, or the database's latency would cap detection throughput.
+                inflight.add(answer)
+                answer.add_done_callback(inflight.discard)
+                finishing = asyncio.create_task(self._complete(answer, item))
+                self.finishing.add(finishing)
+                finishing.add_done_callback(self._finished)
                 await self._notify_space()
             wake.clear()
 
-    async def _complete(self, shard: int, ref: Any, item: _Outgoing) -> None:
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.finishing.discard(task)
+        if self._space is not None:
+            asyncio.ensure_future(self._notify_space())  # noqa: RUF006 - short-lived, never fails
+
+    async def _complete(self, answer: asyncio.Future[ShardOutput], item: _Outgoing) -> None:
         failed = False
         try:
-            output: ShardOutput = await ref
+            output = await answer
             self.pending_metrics.merge(output.metrics)
             if output.alerts:
                 await persist_alerts.remote(self.settings, output.alerts)
@@ -315,6 +337,7 @@ class Router:
             "buffered": sum(b.events for b in self.buffers.values()),
             "queued_batches": sum(len(b) for b in self.outbox.values()),
             "inflight_batches": sum(len(t) for t in self.inflight.values()),
+            "persisting_batches": len(self.finishing),
             "open_tickets": len(self.tickets),
             "errors": dict(self.errors),
         }

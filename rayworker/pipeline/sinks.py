@@ -72,7 +72,7 @@ async def _metrics(settings: Settings) -> MetricsStore:
     return store
 
 
-@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
 def persist_alerts(settings: Settings, alerts: list[Alert]) -> int:
     """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed."""
 
@@ -84,7 +84,7 @@ def persist_alerts(settings: Settings, alerts: list[Alert]) -> int:
     return result
 
 
-@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
 def record_metrics(
     settings: Settings, deltas: MetricDeltas, latencies_ms: dict[str, list[float]]
 ) -> None:
@@ -97,7 +97,7 @@ def record_metrics(
     run_in_worker_loop(run())
 
 
-@ray.remote(num_cpus=0, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
 def record_error(settings: Settings, tenant: str | None, kind: str, count: int = 1) -> None:
     """Count a processing error (a failed persist, a crashed shard call, ...)."""
 

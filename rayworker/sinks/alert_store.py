@@ -548,6 +548,191 @@ def tally_stats(
     return AlertStats(total, by_status, by_severity, by_rule, tuple(trends))
 
 
+# --------------------------------------------------------------------------- SQL rows
+
+NUL_ESCAPE: Final = "\ufdd0"
+"""The escape character of stored text: a Unicode noncharacter, reserved for internal use.
+
+:func:`store_text` writes NUL as ``NUL_ESCAPE + "0"`` and the escape itself as
+``NUL_ESCAPE * 2``; :func:`load_text` reverses it. Text holding neither is stored as it is, so
+the columns stay readable and comparable, and filters compare escaped with escaped.
+"""
+_UNESCAPE: Final = re.compile(f"{NUL_ESCAPE}([0{NUL_ESCAPE}])")
+_JSON_NEEDS_ESCAPE: Final = ("\\u0000", "\\ufdd0")  # how json.dumps writes NUL and the escape
+_JSON_MAY_BE_ESCAPED: Final = (NUL_ESCAPE, "\\ufdd0", "\\uFDD0")
+
+
+def store_text(text: str) -> str:
+    """``text`` as a SQL store keeps it: NUL (which PostgreSQL refuses) reversibly escaped."""
+    if "\x00" not in text and NUL_ESCAPE not in text:
+        return text
+    return text.replace(NUL_ESCAPE, NUL_ESCAPE * 2).replace("\x00", NUL_ESCAPE + "0")
+
+
+def load_text(text: str) -> str:
+    """The original of a :func:`store_text` result."""
+    if NUL_ESCAPE not in text:
+        return text
+    return _UNESCAPE.sub(lambda m: "\x00" if m.group(1) == "0" else NUL_ESCAPE, text)
+
+
+def _opt_store(text: str | None) -> str | None:
+    return None if text is None else store_text(text)
+
+
+def _opt_load(text: str | None) -> str | None:
+    return None if text is None else load_text(text)
+
+
+def _walk(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {fn(k) if isinstance(k, str) else k: _walk(v, fn) for k, v in value.items()}
+    if isinstance(value, builtins.list | tuple):
+        return [_walk(v, fn) for v in value]
+    return value
+
+
+def store_json(value: Any) -> str:
+    """A JSON column's text, every string in it (keys too) passed through :func:`store_text`."""
+    text = json.dumps(value)
+    if any(marker in text for marker in _JSON_NEEDS_ESCAPE):
+        text = json.dumps(_walk(value, store_text))
+    return text
+
+
+def load_json(text: str) -> Any:
+    """The value of a :func:`store_json` column (SQLite's text or PostgreSQL's ``jsonb``)."""
+    value = json.loads(text)
+    if any(marker in text for marker in _JSON_MAY_BE_ESCAPED):
+        value = _walk(value, load_text)
+    return value
+
+
+class Row(Protocol):
+    """A database row read by column name (``sqlite3.Row``, ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def alert_values(alert: Alert) -> dict[str, Any]:
+    """The columns an upsert of ``alert`` writes, as stored; times in epoch microseconds."""
+    return {
+        "id": store_text(alert.id),
+        "tenant_id": store_text(alert.tenant_id),
+        "fingerprint": store_text(alert.fingerprint),
+        "rule_id": store_text(alert.rule_id),
+        "rule_version": store_text(alert.rule_version),
+        "group": store_json(alert.group),
+        "severity": store_text(alert.severity),
+        "type": store_text(alert.type),
+        "title": store_text(alert.title),
+        "description": store_text(alert.description),
+        "source": store_text(alert.source),
+        "metadata": store_json(alert.metadata),
+        "tags": store_json(alert.tags),
+        "evidence": store_json(alert.evidence_ids),
+        "evidence_window": store_json(evidence_window(alert)),
+        "occurrences": alert.occurrences,
+        "count": alert.count,
+        "first_seen": alert.first_seen_us,
+        "last_seen": alert.last_seen_us,
+        "period_start": alert.period_start_us,
+        "period_end": alert.period_end_us,
+    }
+
+
+def lifecycle_values(row: StoredAlert) -> dict[str, Any]:
+    """The lifecycle columns of ``row`` as stored (times stay datetimes)."""
+    return {
+        "status": row.status,
+        "acknowledged": row.acknowledged,
+        "acknowledged_at": row.acknowledged_at,
+        "acknowledged_by": _opt_store(row.acknowledged_by),
+        "resolved": row.resolved,
+        "resolved_at": row.resolved_at,
+        "resolved_by": _opt_store(row.resolved_by),
+        "resolution_notes": _opt_store(row.resolution_notes),
+        "updated_at": row.updated_at,
+    }
+
+
+def transition_values(record: Transition) -> tuple[Any, ...]:
+    """A transition's columns as stored, in table order (the time stays a datetime)."""
+    return (
+        store_text(record.alert_id),
+        store_text(record.tenant_id),
+        record.from_status,
+        record.to_status,
+        store_text(record.by),
+        record.at,
+        _opt_store(record.note),
+    )
+
+
+def stored_alert(r: Row, when: Callable[[Any], datetime]) -> StoredAlert:
+    """The alert a SQL row holds; ``when`` turns a time column into an aware datetime."""
+
+    def opt_when(value: Any) -> datetime | None:
+        return None if value is None else when(value)
+
+    return StoredAlert(
+        id=load_text(r["id"]),
+        tenant_id=load_text(r["tenant_id"]),
+        fingerprint=load_text(r["fingerprint"]),
+        rule_id=load_text(r["rule_id"]),
+        rule_version=load_text(r["rule_version"]),
+        group=load_json(r["group"]),
+        severity=load_text(r["severity"]),
+        type=load_text(r["type"]),
+        title=load_text(r["title"]),
+        description=load_text(r["description"]),
+        source=load_text(r["source"]),
+        status=r["status"],
+        metadata=load_json(r["metadata"]),
+        tags=load_json(r["tags"]),
+        evidence=load_json(r["evidence"]),
+        evidence_window=load_json(r["evidence_window"]),
+        occurrences=r["occurrences"],
+        count=r["count"],
+        first_seen=when(r["first_seen"]),
+        last_seen=when(r["last_seen"]),
+        period_start=when(r["period_start"]),
+        period_end=when(r["period_end"]),
+        created_at=when(r["created_at"]),
+        updated_at=when(r["updated_at"]),
+        acknowledged=bool(r["acknowledged"]),
+        acknowledged_at=opt_when(r["acknowledged_at"]),
+        acknowledged_by=_opt_load(r["acknowledged_by"]),
+        resolved=bool(r["resolved"]),
+        resolved_at=opt_when(r["resolved_at"]),
+        resolved_by=_opt_load(r["resolved_by"]),
+        resolution_notes=_opt_load(r["resolution_notes"]),
+        trace_id=_opt_load(r["trace_id"]),
+    )
+
+
+def stored_transition(r: Row, when: Callable[[Any], datetime]) -> Transition:
+    """The transition a SQL row of ``alert_transitions`` holds."""
+    return Transition(
+        load_text(r["alert_id"]),
+        load_text(r["tenant_id"]),
+        r["from_status"],
+        r["to_status"],
+        load_text(r["by"]),
+        when(r["at"]),
+        _opt_load(r["note"]),
+    )
+
+
+def stored_groups(rows: Iterable[Row]) -> Iterable[tuple[str, str, str, int]]:
+    """(status, severity, rule id, count) from rows of a ``GROUP BY`` query, for tally_stats."""
+    return (
+        (r["status"], load_text(r["severity"]), load_text(r["rule_id"]), int(r["n"])) for r in rows
+    )
+
+
 class LifecycleActions(ABC):
     """The four lifecycle calls, shared by every store; each store implements ``_act``."""
 

@@ -19,11 +19,13 @@ from rayworker.sinks.alert_store import (
     AlertStats,
     Cursor,
     LifecycleActions,
+    Sort,
     StoredAlert,
     Transition,
     TrendPoint,
     apply_action,
     check_actor,
+    check_list,
     check_page,
     check_retention,
     fold_batch,
@@ -31,6 +33,7 @@ from rayworker.sinks.alert_store import (
     new_row,
     not_found,
     require_aware,
+    severity_rank,
     tally_stats,
 )
 
@@ -39,6 +42,24 @@ __all__ = ["MemoryAlertStore"]
 
 def _newest_first(row: StoredAlert) -> tuple[datetime, str]:
     return (row.last_seen, row.id)
+
+
+def _page(
+    rows: builtins.list[StoredAlert],
+    *,
+    sort: Sort = "newest",
+    after: Cursor | None,
+    limit: int,
+    offset: int,
+) -> builtins.list[StoredAlert]:
+    """One page of ``rows`` in the store's order (the SQL stores' ``ORDER BY``)."""
+    if after is not None:
+        key = (after.last_seen, after.id)
+        rows = [r for r in rows if _newest_first(r) < key]
+    rows.sort(key=_newest_first, reverse=True)
+    if sort == "severity":
+        rows.sort(key=lambda r: severity_rank(r.severity))  # stable: newest first within
+    return rows[offset : offset + limit]
 
 
 class MemoryAlertStore(LifecycleActions):
@@ -90,11 +111,7 @@ class MemoryAlertStore(LifecycleActions):
         rows = [
             r for r in self._rows.values() if r.tenant_id == tenant and r.status in ACTIVE_STATUSES
         ]
-        if after is not None:
-            key = (after.last_seen, after.id)
-            rows = [r for r in rows if _newest_first(r) < key]
-        rows.sort(key=_newest_first, reverse=True)
-        return rows[offset : offset + limit]
+        return _page(rows, after=after, limit=limit, offset=offset)
 
     async def count_active(self, tenant: str) -> int:
         """How many of the tenant's alerts are active or acknowledged."""
@@ -158,11 +175,14 @@ class MemoryAlertStore(LifecycleActions):
         status: str | None = None,
         severity: str | None = None,
         rule_id: str | None = None,
+        sort: Sort = "newest",
         limit: int = 50,
         offset: int = 0,
+        after: Cursor | None = None,
     ) -> builtins.list[StoredAlert]:
-        """The tenant's alerts matching every given filter, newest first."""
+        """The tenant's alerts matching every given filter, newest (or most severe) first."""
         check_page(limit, offset)
+        check_list(sort, after)
         rows = [
             r
             for r in self._rows.values()
@@ -171,5 +191,4 @@ class MemoryAlertStore(LifecycleActions):
             and (severity is None or r.severity == severity)
             and (rule_id is None or r.rule_id == rule_id)
         ]
-        rows.sort(key=_newest_first, reverse=True)
-        return rows[offset : offset + limit]
+        return _page(rows, sort=sort, after=after, limit=limit, offset=offset)

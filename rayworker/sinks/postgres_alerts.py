@@ -20,11 +20,10 @@ to start on a database with pending migrations; ``open(migrate=True)`` applies t
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Final, Self, cast
+from typing import Any, Final, Self
 
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -39,19 +38,26 @@ from rayworker.sinks.alert_store import (
     Cursor,
     LifecycleActions,
     MigrationError,
-    Status,
+    Sort,
     StoredAlert,
     Transition,
     TrendPoint,
+    alert_values,
     apply_action,
     check_actor,
+    check_list,
     check_page,
     check_retention,
-    evidence_window,
     fold_batch,
+    lifecycle_values,
     not_found,
     require_aware,
+    store_text,
+    stored_alert,
+    stored_groups,
+    stored_transition,
     tally_stats,
+    transition_values,
     us_to_dt,
 )
 from rayworker.sinks.migrate import MigrationStatus, check_postgres, migrate_postgres
@@ -109,7 +115,11 @@ _FILTERED_PAGE: Final = (
     " AND ($2::text IS NULL OR status = $2)"
     " AND ($3::text IS NULL OR severity = $3)"
     " AND ($4::text IS NULL OR rule_id = $4)"
-    " ORDER BY last_seen DESC, id DESC LIMIT $5 OFFSET $6"
+    " AND ($5::timestamptz IS NULL OR last_seen < $5"
+    " OR (last_seen = $5 AND id < $6::text))"
+    " ORDER BY CASE WHEN $7::text = 'severity' THEN (CASE severity WHEN 'CRITICAL' THEN 0"
+    " WHEN 'HIGH' THEN 1 WHEN 'MEDIUM' THEN 2 WHEN 'LOW' THEN 3 WHEN 'INFO' THEN 4 ELSE 5 END)"
+    " ELSE 0 END, last_seen DESC, id DESC LIMIT $8 OFFSET $9"
 )
 _LIFECYCLE_UPDATE: Final = (
     "UPDATE alerts SET status = $3, acknowledged = $4, acknowledged_at = $5,"
@@ -173,67 +183,33 @@ class PostgresStoreConfig(BaseModel):
         return self
 
 
+def _as_is(value: datetime) -> datetime:
+    return value  # asyncpg decodes timestamptz to an aware datetime already
+
+
 def _row(r: asyncpg.Record) -> StoredAlert:
-    return StoredAlert(
-        id=r["id"],
-        tenant_id=r["tenant_id"],
-        fingerprint=r["fingerprint"],
-        rule_id=r["rule_id"],
-        rule_version=r["rule_version"],
-        group=json.loads(r["group"]),
-        severity=r["severity"],
-        type=r["type"],
-        title=r["title"],
-        description=r["description"],
-        source=r["source"],
-        status=cast("Status", r["status"]),
-        metadata=json.loads(r["metadata"]),
-        tags=json.loads(r["tags"]),
-        evidence=json.loads(r["evidence"]),
-        evidence_window=json.loads(r["evidence_window"]),
-        occurrences=r["occurrences"],
-        count=r["count"],
-        first_seen=r["first_seen"],
-        last_seen=r["last_seen"],
-        period_start=r["period_start"],
-        period_end=r["period_end"],
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        acknowledged=r["acknowledged"],
-        acknowledged_at=r["acknowledged_at"],
-        acknowledged_by=r["acknowledged_by"],
-        resolved=r["resolved"],
-        resolved_at=r["resolved_at"],
-        resolved_by=r["resolved_by"],
-        resolution_notes=r["resolution_notes"],
-        trace_id=r["trace_id"],
-    )
+    return stored_alert(r, _as_is)
+
+
+_TIME_COLUMNS: Final = frozenset({"first_seen", "last_seen", "period_start", "period_end"})
+_UPSERT_COLUMNS: Final = (
+    "id", "tenant_id", "fingerprint", "rule_id", "rule_version", "group", "severity", "type",
+    "title", "description", "source", "metadata", "tags", "evidence", "evidence_window",
+    "occurrences", "count", "first_seen", "last_seen", "period_start", "period_end",
+)  # fmt: skip
 
 
 def _columns(batch: Sequence[Alert]) -> list[list[Any]]:
+    """One array per parameter of :data:`_UPSERT` (``unnest`` turns them back into rows)."""
+    rows = [alert_values(a) for a in batch]
     return [
-        [a.id for a in batch],
-        [a.tenant_id for a in batch],
-        [a.fingerprint for a in batch],
-        [a.rule_id for a in batch],
-        [a.rule_version for a in batch],
-        [json.dumps(a.group) for a in batch],
-        [a.severity for a in batch],
-        [a.type for a in batch],
-        [a.title for a in batch],
-        [a.description for a in batch],
-        [a.source for a in batch],
-        [json.dumps(a.metadata) for a in batch],
-        [json.dumps(a.tags) for a in batch],
-        [json.dumps(a.evidence_ids) for a in batch],
-        [json.dumps(evidence_window(a)) for a in batch],
-        [a.occurrences for a in batch],
-        [a.count for a in batch],
-        [us_to_dt(a.first_seen_us) for a in batch],
-        [us_to_dt(a.last_seen_us) for a in batch],
-        [us_to_dt(a.period_start_us) for a in batch],
-        [us_to_dt(a.period_end_us) for a in batch],
+        [us_to_dt(r[name]) for r in rows] if name in _TIME_COLUMNS else [r[name] for r in rows]
+        for name in _UPSERT_COLUMNS
     ]
+
+
+def _after(after: Cursor | None) -> tuple[datetime | None, str | None]:
+    return (None, None) if after is None else (after.last_seen, store_text(after.id))
 
 
 class PostgresAlertStore(LifecycleActions):
@@ -363,37 +339,30 @@ class PostgresAlertStore(LifecycleActions):
     ) -> StoredAlert:
         check_actor(by)
         at = self._clock.now()
+        key, owner = store_text(alert_id), store_text(tenant)
         async with self._conn(f"{action} an alert") as conn, conn.transaction():
             found = await conn.fetchrow(
-                "SELECT * FROM alerts WHERE id = $1 AND tenant_id = $2 FOR UPDATE", alert_id, tenant
+                "SELECT * FROM alerts WHERE id = $1 AND tenant_id = $2 FOR UPDATE", key, owner
             )
             if found is None:
                 raise not_found(alert_id)
             updated, record = apply_action(_row(found), action, by=by, note=note, at=at)
+            values = lifecycle_values(updated)
             written = await conn.fetchrow(
                 _LIFECYCLE_UPDATE,
-                alert_id,
-                tenant,
-                updated.status,
-                updated.acknowledged,
-                updated.acknowledged_at,
-                updated.acknowledged_by,
-                updated.resolved,
-                updated.resolved_at,
-                updated.resolved_by,
-                updated.resolution_notes,
-                updated.updated_at,
+                key,
+                owner,
+                values["status"],
+                values["acknowledged"],
+                values["acknowledged_at"],
+                values["acknowledged_by"],
+                values["resolved"],
+                values["resolved_at"],
+                values["resolved_by"],
+                values["resolution_notes"],
+                values["updated_at"],
             )
-            await conn.execute(
-                _INSERT_TRANSITION,
-                record.alert_id,
-                record.tenant_id,
-                record.from_status,
-                record.to_status,
-                record.by,
-                record.at,
-                record.note,
-            )
+            await conn.execute(_INSERT_TRANSITION, *transition_values(record))
         if written is None:  # pragma: no cover - the row is locked FOR UPDATE above
             raise not_found(alert_id)
         return _row(written)
@@ -403,7 +372,7 @@ class PostgresAlertStore(LifecycleActions):
         check_retention(older_than)
         cutoff = require_aware(now, "now") - older_than
         async with self._conn("clean up resolved alerts") as conn:
-            deleted = await conn.fetchval(_CLEANUP, tenant, cutoff)
+            deleted = await conn.fetchval(_CLEANUP, store_text(tenant), cutoff)
         return int(deleted)
 
     # ----------------------------------------------------------------- reads
@@ -412,7 +381,9 @@ class PostgresAlertStore(LifecycleActions):
         """One of the tenant's alerts, or None."""
         async with self._conn("read an alert") as conn:
             found = await conn.fetchrow(
-                "SELECT * FROM alerts WHERE id = $1 AND tenant_id = $2", alert_id, tenant
+                "SELECT * FROM alerts WHERE id = $1 AND tenant_id = $2",
+                store_text(alert_id),
+                store_text(tenant),
             )
         return None if found is None else _row(found)
 
@@ -422,14 +393,7 @@ class PostgresAlertStore(LifecycleActions):
         """Active and acknowledged alerts, newest first."""
         check_page(limit, offset)
         async with self._conn("list active alerts") as conn:
-            rows = await conn.fetch(
-                _ACTIVE_PAGE,
-                tenant,
-                None if after is None else after.last_seen,
-                None if after is None else after.id,
-                limit,
-                offset,
-            )
+            rows = await conn.fetch(_ACTIVE_PAGE, store_text(tenant), *_after(after), limit, offset)
         return [_row(r) for r in rows]
 
     async def count_active(self, tenant: str) -> int:
@@ -438,7 +402,7 @@ class PostgresAlertStore(LifecycleActions):
             n = await conn.fetchval(
                 "SELECT count(*) FROM alerts WHERE tenant_id = $1"
                 " AND status IN ('active', 'acknowledged')",
-                tenant,
+                store_text(tenant),
             )
         return int(n)
 
@@ -448,29 +412,18 @@ class PostgresAlertStore(LifecycleActions):
             rows = await conn.fetch(
                 'SELECT alert_id, tenant_id, from_status, to_status, "by", at, note'
                 " FROM alert_transitions WHERE tenant_id = $1 AND alert_id = $2 ORDER BY id",
-                tenant,
-                alert_id,
+                store_text(tenant),
+                store_text(alert_id),
             )
-        return [
-            Transition(
-                r["alert_id"],
-                r["tenant_id"],
-                r["from_status"],
-                r["to_status"],
-                r["by"],
-                r["at"],
-                r["note"],
-            )
-            for r in rows
-        ]
+        return [stored_transition(r, _as_is) for r in rows]
 
     async def stats(self, tenant: str, *, now: datetime) -> AlertStats:
         """Counts by status, severity and rule, and trends before ``now``."""
         now = require_aware(now, "now")
         cutoffs = [now - span for _, span in TREND_PERIODS]
         async with self._conn("compute alert statistics") as conn:
-            groups = await conn.fetch(_STATS_GROUPS, tenant)
-            t = await conn.fetchrow(_STATS_TRENDS, tenant, *cutoffs, now)
+            groups = await conn.fetch(_STATS_GROUPS, store_text(tenant))
+            t = await conn.fetchrow(_STATS_TRENDS, store_text(tenant), *cutoffs, now)
         if t is None:  # pragma: no cover - an aggregate always returns one row
             msg = "PostgreSQL returned no row for an aggregate query"
             raise SinkError(msg)
@@ -478,9 +431,7 @@ class PostgresAlertStore(LifecycleActions):
             TrendPoint(name, int(t[f"c{i}"]), int(t[f"r{i}"]))
             for i, (name, _) in enumerate(TREND_PERIODS, start=1)
         )
-        return tally_stats(
-            ((g["status"], g["severity"], g["rule_id"], int(g["n"])) for g in groups), trends
-        )
+        return tally_stats(stored_groups(groups), trends)
 
     async def list(
         self,
@@ -489,13 +440,17 @@ class PostgresAlertStore(LifecycleActions):
         status: str | None = None,
         severity: str | None = None,
         rule_id: str | None = None,
+        sort: Sort = "newest",
         limit: int = 50,
         offset: int = 0,
+        after: Cursor | None = None,
     ) -> builtins.list[StoredAlert]:
-        """The tenant's alerts matching every given filter, newest first."""
+        """The tenant's alerts matching every given filter, newest (or most severe) first."""
         check_page(limit, offset)
+        check_list(sort, after)
+        filters = [None if f is None else store_text(f) for f in (status, severity, rule_id)]
         async with self._conn("list alerts") as conn:
             rows = await conn.fetch(
-                _FILTERED_PAGE, tenant, status, severity, rule_id, limit, offset
+                _FILTERED_PAGE, store_text(tenant), *filters, *_after(after), sort, limit, offset
             )
         return [_row(r) for r in rows]

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Final, TypeVar, cast
+from typing import Final, TypeVar
 
 from rayworker.alerts import Alert
 from rayworker.clock import Clock, SystemClock
@@ -36,20 +35,27 @@ from rayworker.sinks.alert_store import (
     Cursor,
     LifecycleActions,
     MigrationError,
-    Status,
+    Sort,
     StoredAlert,
     Transition,
     TrendPoint,
+    alert_values,
     apply_action,
     check_actor,
+    check_list,
     check_page,
     check_retention,
     dt_to_us,
-    evidence_window,
     fold_batch,
+    lifecycle_values,
     not_found,
     require_aware,
+    store_text,
+    stored_alert,
+    stored_groups,
+    stored_transition,
     tally_stats,
+    transition_values,
     us_to_dt,
 )
 from rayworker.sinks.migrate import MigrationStatus, check_sqlite, migrate_sqlite
@@ -100,7 +106,11 @@ _FILTERED_PAGE: Final = (
     " AND (:status IS NULL OR status = :status)"
     " AND (:severity IS NULL OR severity = :severity)"
     " AND (:rule_id IS NULL OR rule_id = :rule_id)"
-    " ORDER BY last_seen DESC, id DESC LIMIT :limit OFFSET :offset"
+    " AND (:after_seen IS NULL OR last_seen < :after_seen"
+    " OR (last_seen = :after_seen AND id < :after_id))"
+    " ORDER BY CASE WHEN :sort = 'severity' THEN (CASE severity WHEN 'CRITICAL' THEN 0"
+    " WHEN 'HIGH' THEN 1 WHEN 'MEDIUM' THEN 2 WHEN 'LOW' THEN 3 WHEN 'INFO' THEN 4 ELSE 5 END)"
+    " ELSE 0 END, last_seen DESC, id DESC LIMIT :limit OFFSET :offset"
 )
 _LIFECYCLE_UPDATE: Final = """
 UPDATE alerts SET status = :status, acknowledged = :acknowledged,
@@ -124,76 +134,18 @@ _DELETE_ALERTS: Final = (
 )
 
 
-def _opt_dt(value: int | None) -> datetime | None:
-    return None if value is None else us_to_dt(value)
+def _row(r: sqlite3.Row) -> StoredAlert:
+    return stored_alert(r, us_to_dt)
 
 
 def _opt_us(value: datetime | None) -> int | None:
     return None if value is None else dt_to_us(value)
 
 
-def _row(r: sqlite3.Row) -> StoredAlert:
-    return StoredAlert(
-        id=r["id"],
-        tenant_id=r["tenant_id"],
-        fingerprint=r["fingerprint"],
-        rule_id=r["rule_id"],
-        rule_version=r["rule_version"],
-        group=json.loads(r["group"]),
-        severity=r["severity"],
-        type=r["type"],
-        title=r["title"],
-        description=r["description"],
-        source=r["source"],
-        status=cast("Status", r["status"]),
-        metadata=json.loads(r["metadata"]),
-        tags=json.loads(r["tags"]),
-        evidence=json.loads(r["evidence"]),
-        evidence_window=json.loads(r["evidence_window"]),
-        occurrences=r["occurrences"],
-        count=r["count"],
-        first_seen=us_to_dt(r["first_seen"]),
-        last_seen=us_to_dt(r["last_seen"]),
-        period_start=us_to_dt(r["period_start"]),
-        period_end=us_to_dt(r["period_end"]),
-        created_at=us_to_dt(r["created_at"]),
-        updated_at=us_to_dt(r["updated_at"]),
-        acknowledged=bool(r["acknowledged"]),
-        acknowledged_at=_opt_dt(r["acknowledged_at"]),
-        acknowledged_by=r["acknowledged_by"],
-        resolved=bool(r["resolved"]),
-        resolved_at=_opt_dt(r["resolved_at"]),
-        resolved_by=r["resolved_by"],
-        resolution_notes=r["resolution_notes"],
-        trace_id=r["trace_id"],
-    )
-
-
-def _params(alert: Alert, now_us: int) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "tenant_id": alert.tenant_id,
-        "fingerprint": alert.fingerprint,
-        "rule_id": alert.rule_id,
-        "rule_version": alert.rule_version,
-        "group": json.dumps(alert.group),
-        "severity": alert.severity,
-        "type": alert.type,
-        "title": alert.title,
-        "description": alert.description,
-        "source": alert.source,
-        "metadata": json.dumps(alert.metadata),
-        "tags": json.dumps(alert.tags),
-        "evidence": json.dumps(alert.evidence_ids),
-        "evidence_window": json.dumps(evidence_window(alert)),
-        "occurrences": alert.occurrences,
-        "count": alert.count,
-        "first_seen": alert.first_seen_us,
-        "last_seen": alert.last_seen_us,
-        "period_start": alert.period_start_us,
-        "period_end": alert.period_end_us,
-        "now": now_us,
-    }
+def _after(after: Cursor | None) -> dict[str, int | str | None]:
+    if after is None:
+        return {"after_seen": None, "after_id": None}
+    return {"after_seen": dt_to_us(after.last_seen), "after_id": store_text(after.id)}
 
 
 class SqliteAlertStore(LifecycleActions):
@@ -305,7 +257,7 @@ class SqliteAlertStore(LifecycleActions):
         if not batch:
             return 0
         now_us = dt_to_us(self._clock.now())
-        params = [_params(a, now_us) for a in batch]
+        params = [{**alert_values(a), "now": now_us} for a in batch]
 
         def write(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
@@ -319,42 +271,23 @@ class SqliteAlertStore(LifecycleActions):
     ) -> StoredAlert:
         check_actor(by)
         at = self._clock.now()
+        key, owner = store_text(alert_id), store_text(tenant)
 
         def act(conn: sqlite3.Connection) -> StoredAlert:
             found = conn.execute(
-                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (alert_id, tenant)
+                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (key, owner)
             ).fetchone()
             if found is None:
                 raise not_found(alert_id)
             updated, record = apply_action(_row(found), action, by=by, note=note, at=at)
-            conn.execute(
-                _LIFECYCLE_UPDATE,
-                {
-                    "status": updated.status,
-                    "acknowledged": int(updated.acknowledged),
-                    "acknowledged_at": _opt_us(updated.acknowledged_at),
-                    "acknowledged_by": updated.acknowledged_by,
-                    "resolved": int(updated.resolved),
-                    "resolved_at": _opt_us(updated.resolved_at),
-                    "resolved_by": updated.resolved_by,
-                    "resolution_notes": updated.resolution_notes,
-                    "updated_at": dt_to_us(updated.updated_at),
-                    "id": alert_id,
-                    "tenant": tenant,
-                },
-            )
-            conn.execute(
-                _INSERT_TRANSITION,
-                (
-                    record.alert_id,
-                    record.tenant_id,
-                    record.from_status,
-                    record.to_status,
-                    record.by,
-                    dt_to_us(record.at),
-                    record.note,
-                ),
-            )
+            values = lifecycle_values(updated)
+            for name in ("acknowledged", "resolved"):
+                values[name] = int(values[name])
+            for name in ("acknowledged_at", "resolved_at", "updated_at"):
+                values[name] = _opt_us(values[name])
+            conn.execute(_LIFECYCLE_UPDATE, {**values, "id": key, "tenant": owner})
+            stored = transition_values(record)
+            conn.execute(_INSERT_TRANSITION, (*stored[:5], dt_to_us(record.at), stored[6]))
             return updated
 
         return await self._tx(act)
@@ -363,6 +296,7 @@ class SqliteAlertStore(LifecycleActions):
         """Delete resolved and dismissed alerts (and their history) closed before the cutoff."""
         check_retention(older_than)
         cutoff = dt_to_us(require_aware(now, "now") - older_than)
+        tenant = store_text(tenant)
 
         def delete(conn: sqlite3.Connection) -> int:
             conn.execute(_DELETE_TRANSITIONS, (tenant, tenant, cutoff))
@@ -375,9 +309,11 @@ class SqliteAlertStore(LifecycleActions):
     async def get(self, tenant: str, alert_id: str) -> StoredAlert | None:
         """One of the tenant's alerts, or None."""
 
+        key, owner = store_text(alert_id), store_text(tenant)
+
         def read(conn: sqlite3.Connection) -> StoredAlert | None:
             found = conn.execute(
-                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (alert_id, tenant)
+                "SELECT * FROM alerts WHERE id = ? AND tenant_id = ?", (key, owner)
             ).fetchone()
             return None if found is None else _row(found)
 
@@ -389,9 +325,8 @@ class SqliteAlertStore(LifecycleActions):
         """Active and acknowledged alerts, newest first."""
         check_page(limit, offset)
         params = {
-            "tenant": tenant,
-            "after_seen": None if after is None else dt_to_us(after.last_seen),
-            "after_id": None if after is None else after.id,
+            "tenant": store_text(tenant),
+            **_after(after),
             "limit": limit,
             "offset": offset,
         }
@@ -408,7 +343,7 @@ class SqliteAlertStore(LifecycleActions):
             row = conn.execute(
                 "SELECT count(*) FROM alerts WHERE tenant_id = ?"
                 " AND status IN ('active', 'acknowledged')",
-                (tenant,),
+                (store_text(tenant),),
             ).fetchone()
             return int(row[0])
 
@@ -417,24 +352,15 @@ class SqliteAlertStore(LifecycleActions):
     async def transitions(self, tenant: str, alert_id: str) -> builtins.list[Transition]:
         """The alert's lifecycle history, oldest first."""
 
+        params = (store_text(tenant), store_text(alert_id))
+
         def read(conn: sqlite3.Connection) -> builtins.list[Transition]:
             rows = conn.execute(
                 'SELECT alert_id, tenant_id, from_status, to_status, "by", at, note'
                 " FROM alert_transitions WHERE tenant_id = ? AND alert_id = ? ORDER BY id",
-                (tenant, alert_id),
+                params,
             )
-            return [
-                Transition(
-                    r["alert_id"],
-                    r["tenant_id"],
-                    r["from_status"],
-                    r["to_status"],
-                    r["by"],
-                    us_to_dt(r["at"]),
-                    r["note"],
-                )
-                for r in rows
-            ]
+            return [stored_transition(r, us_to_dt) for r in rows]
 
         return await self._run(read)
 
@@ -443,6 +369,7 @@ class SqliteAlertStore(LifecycleActions):
         now = require_aware(now, "now")
         now_us = dt_to_us(now)
         cutoffs = [dt_to_us(now - span) for _, span in TREND_PERIODS]
+        tenant = store_text(tenant)
 
         def read(conn: sqlite3.Connection) -> AlertStats:
             groups = conn.execute(
@@ -462,9 +389,7 @@ class SqliteAlertStore(LifecycleActions):
                     {"since": since, "now": now_us, "tenant": tenant},
                 ).fetchone()
                 trends.append(TrendPoint(name, int(row[0]), int(row[1])))
-            return tally_stats(
-                ((g["status"], g["severity"], g["rule_id"], int(g["n"])) for g in groups), trends
-            )
+            return tally_stats(stored_groups(groups), trends)
 
         return await self._run(read)
 
@@ -475,16 +400,21 @@ class SqliteAlertStore(LifecycleActions):
         status: str | None = None,
         severity: str | None = None,
         rule_id: str | None = None,
+        sort: Sort = "newest",
         limit: int = 50,
         offset: int = 0,
+        after: Cursor | None = None,
     ) -> builtins.list[StoredAlert]:
-        """The tenant's alerts matching every given filter, newest first."""
+        """The tenant's alerts matching every given filter, newest (or most severe) first."""
         check_page(limit, offset)
+        check_list(sort, after)
         params = {
-            "tenant": tenant,
-            "status": status,
-            "severity": severity,
-            "rule_id": rule_id,
+            "tenant": store_text(tenant),
+            "status": None if status is None else store_text(status),
+            "severity": None if severity is None else store_text(severity),
+            "rule_id": None if rule_id is None else store_text(rule_id),
+            "sort": sort,
+            **_after(after),
             "limit": limit,
             "offset": offset,
         }

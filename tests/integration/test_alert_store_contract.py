@@ -19,13 +19,14 @@ from rayworker.clock import FixedClock
 from rayworker.sinks import (
     AlertNotFound,
     AlertStore,
+    Cursor,
     LifecycleError,
     MemoryAlertStore,
     MigrationError,
     QueryError,
     SqliteAlertStore,
 )
-from rayworker.sinks.alert_store import dt_to_us
+from rayworker.sinks.alert_store import NUL_ESCAPE, dt_to_us
 from rayworker.sinks.migrate import (
     check_postgres,
     check_sqlite,
@@ -42,6 +43,14 @@ INJECTIONS = (
     "'; DROP TABLE alerts; --",
     '" OR 1=1 --',
     "ünïcødé 🚨 \u202e \u02bc\uff05 \\ %s $1 ?",  # RTL override, look-alikes, placeholders
+    "x' || (SELECT string_agg(id, ',') FROM alerts) || '",
+    "\\'); DELETE FROM alert_transitions; --",
+)
+NUL_TEXTS = (
+    "\x00",
+    "before\x00after",
+    f"\x00{NUL_ESCAPE}0{NUL_ESCAPE}{NUL_ESCAPE}\x00",  # the escape character itself, twice
+    "\\u0000 \\ufdd0 ' OR 1=1 --",  # what JSON writes for NUL and the escape, as plain text
 )
 
 Scenario = Callable[[AlertStore], Awaitable[None]]
@@ -413,6 +422,71 @@ def test_list_filters_by_status_severity_and_rule(harness: Harness) -> None:
     harness.run(scenario)
 
 
+def test_list_sorts_by_severity_critical_first(harness: Harness) -> None:
+    """sort="severity": CRITICAL, HIGH, MEDIUM, LOW, INFO, then others; newest first within."""
+
+    async def scenario(store: AlertStore) -> None:
+        spec = [  # (id, severity, hours ago)
+            ("al-info", "INFO", 0),
+            ("al-low", "LOW", 1),
+            ("al-crit-old", "CRITICAL", 9),
+            ("al-high", "HIGH", 3),
+            ("al-odd", "URGENT", 0),
+            ("al-crit-new", "CRITICAL", 2),
+            ("al-med", "MEDIUM", 5),
+        ]
+        await store.upsert(
+            [make_alert(i, severity=s, last_seen=NOW - timedelta(hours=h)) for i, s, h in spec]
+        )
+        by_severity = [r.id for r in await store.list("tenant-a", sort="severity")]
+        assert by_severity == [
+            "al-crit-new",
+            "al-crit-old",
+            "al-high",
+            "al-med",
+            "al-low",
+            "al-info",
+            "al-odd",
+        ]
+        paged = [
+            r.id
+            for off in (0, 3, 6)
+            for r in await store.list("tenant-a", sort="severity", limit=3, offset=off)
+        ]
+        assert paged == by_severity
+        newest = [r.id for r in await store.list("tenant-a")]
+        assert newest == [r.id for r in await store.list("tenant-a", sort="newest")]
+        assert newest[:2] == ["al-odd", "al-info"]  # the default stays newest first
+        assert newest[-1] == "al-crit-old"
+        with pytest.raises(QueryError, match="sort must be one of"):
+            await store.list("tenant-a", sort="loudest")  # type: ignore[arg-type]
+        with pytest.raises(QueryError, match="cursor"):
+            await store.list("tenant-a", sort="severity", after=Cursor(NOW, "al-info"))
+
+    harness.run(scenario)
+
+
+def test_list_pages_by_cursor_with_filters(harness: Harness) -> None:
+    """list(after=cursor) continues the newest-first order, filters included, like offset."""
+
+    async def scenario(store: AlertStore) -> None:
+        await store.upsert(
+            [make_alert(f"al-{i}", last_seen=NOW - timedelta(hours=i)) for i in range(5)]
+            + [make_alert("al-t", last_seen=NOW - timedelta(hours=2))]  # a tie with al-2
+            + [make_alert("al-low", severity="LOW", last_seen=NOW)]
+        )
+        expected = [r.id for r in await store.list("tenant-a", severity="HIGH")]
+        assert expected == ["al-0", "al-1", "al-t", "al-2", "al-3", "al-4"]
+        by_cursor: list[str] = []
+        page = await store.list("tenant-a", severity="HIGH", limit=4)
+        while page:
+            by_cursor += [r.id for r in page]
+            page = await store.list("tenant-a", severity="HIGH", limit=4, after=page[-1].cursor)
+        assert by_cursor == expected
+
+    harness.run(scenario)
+
+
 def test_stats_and_trends_use_the_injected_now(harness: Harness) -> None:
     """Totals, every status and severity (zeros included), rules and 24h/7d/30d trends."""
 
@@ -469,9 +543,8 @@ def test_cleanup_deletes_only_old_closed_alerts_of_the_tenant(harness: Harness) 
     harness.run(scenario)
 
 
-@pytest.mark.parametrize("text", INJECTIONS)
-def test_injection_strings_are_stored_and_returned_verbatim(harness: Harness, text: str) -> None:
-    """SQL metacharacters and unicode in every text field round-trip and harm nothing."""
+def _round_trip_every_text_field(harness: Harness, text: str) -> None:
+    """``text`` in every text field, filter and lifecycle argument comes back verbatim."""
 
     async def scenario(store: AlertStore) -> None:
         alert = make_alert(
@@ -482,11 +555,12 @@ def test_injection_strings_are_stored_and_returned_verbatim(harness: Harness, te
             title=text,
             description=text,
             evidence=[text],
-            metadata={text: text},
+            metadata={text: text, "nested": [{text: text}]},
             group={text: text},
             text=text,
         )
         assert await store.upsert([alert]) == 1
+        assert await store.upsert([alert]) == 1  # the update path matches the escaped id too
         row = await store.get(text, text)
         assert row is not None
         got = (row.id, row.tenant_id, row.fingerprint, row.rule_id, row.rule_version)
@@ -496,20 +570,69 @@ def test_injection_strings_are_stored_and_returned_verbatim(harness: Harness, te
         assert (row.tags, row.evidence, row.metadata, row.group) == (
             [text],
             [text],
-            {text: text},
+            {text: text, "nested": [{text: text}]},
             {text: text},
         )
+        assert row.evidence_window["rule_version"] == text
         filtered = await store.list(text, severity=text, rule_id=text, status="active")
         assert [r.id for r in filtered] == [text]
+        assert [r.id for r in await store.list(text, after=row.cursor)] == []
+        assert [r.id for r in await store.list_active(text)] == [text]
+        assert await store.count_active(text) == 1
+        acked = await store.acknowledge(text, text, by=text)
+        assert acked.acknowledged_by == text
+        dismissed = await store.dismiss(text, text, by=text, notes=text)
+        assert (dismissed.resolved_by, dismissed.resolution_notes) == (text, text)
+        await store.reopen(text, text, by=text, note=text)
         resolved = await store.resolve(text, text, by=text, notes=text)
         assert (resolved.resolved_by, resolved.resolution_notes) == (text, text)
+        assert await store.get(text, text) == resolved
         history = await store.transitions(text, text)
-        assert [(t.by, t.note) for t in history] == [(text, text)]
+        assert [(t.alert_id, t.tenant_id, t.by, t.note) for t in history] == [
+            (text, text, text, None),
+            (text, text, text, text),
+            (text, text, text, text),
+            (text, text, text, text),
+        ]
         stats = await store.stats(text, now=NOW)
         assert stats.by_rule == {text: 1}
         assert stats.by_severity[text] == 1
         await store.upsert([make_alert("al-other", "tenant-z")])
         assert await store.count_active("tenant-z") == 1  # the tables are still there
+        later = NOW + timedelta(days=400)
+        assert await store.cleanup_resolved(text, older_than=timedelta(days=1), now=later) == 1
+        assert await store.get(text, text) is None
+        assert await store.transitions(text, text) == []
+
+    harness.run(scenario)
+
+
+@pytest.mark.parametrize("text", INJECTIONS)
+def test_injection_strings_are_stored_and_returned_verbatim(harness: Harness, text: str) -> None:
+    """SQL metacharacters and unicode in every text field (notes and `by` too) round-trip."""
+    _round_trip_every_text_field(harness, text)
+
+
+@pytest.mark.parametrize("text", NUL_TEXTS)
+def test_nul_characters_are_stored_and_returned_verbatim(harness: Harness, text: str) -> None:
+    """NUL, which PostgreSQL text cannot hold, round-trips in every field of every store."""
+    _round_trip_every_text_field(harness, text)
+
+
+def test_nul_escaping_never_makes_two_texts_one(harness: Harness) -> None:
+    """Ids that differ only by NUL versus the escape character stay two separate alerts."""
+    ids = ["a\x00", f"a{NUL_ESCAPE}0", f"a{NUL_ESCAPE}", "a", f"a{NUL_ESCAPE}{NUL_ESCAPE}"]
+
+    async def scenario(store: AlertStore) -> None:
+        assert await store.upsert([make_alert(i, description=repr(i)) for i in ids]) == len(ids)
+        for alert_id in ids:
+            row = await store.get("tenant-a", alert_id)
+            assert row is not None
+            assert (row.id, row.description) == (alert_id, repr(alert_id))
+        assert {r.id for r in await store.list("tenant-a")} == set(ids)
+        await store.acknowledge("tenant-a", "a\x00", by="ana")
+        statuses = {r.id: r.status for r in await store.list("tenant-a")}
+        assert statuses == {i: "acknowledged" if i == "a\x00" else "active" for i in ids}
 
     harness.run(scenario)
 

@@ -1,0 +1,196 @@
+"""The pipeline benchmark (issue 3, section 8): Redis Stream -> router -> shards -> sinks.
+
+Measured in one run, so the ratios hold on a noisy machine:
+
+(a) the single-process core (`replay`'s detector) over the events, as the baseline;
+(b) the pipeline with N shards draining a pre-loaded stream of batched entries until every
+    entry is acknowledged (alerts persisted in SQLite, metrics in Redis), and the same with
+    one event per entry;
+(c) event -> alert-persisted latency p50/p99 at an offered rate (default 20k events/s),
+    measured per read batch from XADD time to acknowledgement;
+(d) load imbalance (max/mean events per shard) with 8 shards on the Zipf workload, from the
+    router's own partitioning (pure: no Ray needed for this figure).
+
+Run: .venv/bin/python bench/bench_pipeline.py [--events 1000000] [--shards 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from rayworker.clock import SystemClock
+from rayworker.detect import Detector, DetectorConfig
+from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
+from rayworker.partition import Partitioner
+from rayworker.pipeline.app import Pipeline
+from rayworker.pipeline.sources import StreamBatches
+from rayworker.routing import Assignment
+from rayworker.rules import builtin_pack
+from rayworker.settings import load_settings
+from rayworker.sources.synthetic import SyntheticConfig, generate
+
+REDIS = os.environ.get("RAYWORKER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def core_rate(lines: list[bytes]) -> float:
+    """(a) events/s of one detector in this process."""
+    detector = Detector(builtin_pack(), config=DetectorConfig(), clock=SystemClock())
+    started = time.perf_counter()
+    for i in range(0, len(lines), 10_000):
+        detector.process_lines(lines[i : i + 10_000])
+    detector.flush()
+    return len(lines) / (time.perf_counter() - started)
+
+
+async def pipeline_rate(
+    lines: list[bytes], *, shards: int, per_entry: int, offered: float | None, tmp: Path
+) -> tuple[float, list[float]]:
+    """(b)/(c): events/s through the pipeline, and per-batch latencies (ms) to the ack."""
+    token = secrets.token_hex(4)
+    settings = load_settings(
+        alerts_dsn=f"sqlite:///{tmp / f'alerts-{token}.db'}",
+        metrics_url=REDIS,
+        metrics_prefix=f"rwbench-{token}",
+        stream_url=REDIS,
+        stream_key=f"rwbench:{token}:events",
+        dead_letter_stream=f"rwbench:{token}:dead",
+        consumer_group="bench",
+        consumer_name="bench-1",
+        shards=shards,
+        read_count=max(1, 5000 // per_entry),
+        block_ms=20,
+        max_future_s=None,
+    )
+    client = aioredis.Redis.from_url(REDIS)
+    producer = StreamProducer(client, stream=settings.stream_key)
+    sent_at: dict[str, float] = {}
+    pipeline = Pipeline(settings)
+    await pipeline.start(migrate=True)
+    consumer = StreamConsumer.from_settings(settings)
+    await consumer.ensure_group()
+    if offered is None:
+        await producer.add_events(lines, per_entry=per_entry)
+    stop = asyncio.Event()
+    source = StreamBatches(consumer, stop)
+    latencies: list[float] = []
+
+    async def ack(tokens: list[list[str]]) -> None:
+        await source.ack(tokens)
+        now = time.perf_counter()
+        for ids in tokens:
+            first = min((sent_at[i] for i in ids if i in sent_at), default=None)
+            if first is not None:
+                latencies.append((now - first) * 1000)
+
+    async def produce() -> None:
+        chunk = per_entry * 20
+        started = time.perf_counter()
+        for i in range(0, len(lines), chunk):
+            ahead = i / offered - (time.perf_counter() - started) if offered else 0
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            now = time.perf_counter()
+            for entry in await producer.add_events(lines[i : i + chunk], per_entry=per_entry):
+                sent_at[entry] = now
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            lag = await consumer.lag()
+            if lag.total == 0 and (offered is None or done_producing.is_set()):
+                stop.set()
+                return
+
+    done_producing = asyncio.Event()
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(watch())]
+    if offered is not None:
+        producer_task = asyncio.create_task(produce())
+        producer_task.add_done_callback(lambda _: done_producing.set())
+        tasks.append(producer_task)
+    await pipeline.pump(source.__aiter__(), ack=ack, dead_letter=source.dead_letter, stop=stop)
+    elapsed = time.perf_counter() - started
+    for task in tasks:
+        await task
+    pipeline.stop()
+    await consumer.close()
+    keys = [k async for k in client.scan_iter(match=f"rwbench*{token}*", count=1000)]
+    for i in range(0, len(keys), 1000):
+        await client.delete(*keys[i : i + 1000])
+    await client.aclose()
+    return len(lines) / elapsed, latencies
+
+
+def imbalance(events: int, shards: int) -> float:
+    """(d) max/mean events per shard under the router's partitioning, Zipf tenants."""
+    lines = list(generate(SyntheticConfig(events=events, tenants=100, zipf_a=1.1, seed=11)))
+    router = Partitioner(
+        builtin_pack(), Assignment.balanced(shards), DetectorConfig(max_future_s=None)
+    )
+    per_shard = np.zeros(shards)
+    for i in range(0, len(lines), 20_000):
+        for shard, sub in router.split_lines(lines[i : i + 20_000]).shards.items():
+            per_shard[shard] += len(sub)
+    return float(per_shard.max() / per_shard.mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--single-events", type=int, default=200_000, help="one-per-entry run")
+    parser.add_argument("--latency-events", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=20_000.0)
+    parser.add_argument("--shards", type=int, default=2)
+    args = parser.parse_args()
+    config = SyntheticConfig(events=args.events, tenants=100, principals=10_000, seed=5)
+    lines = list(generate(config))
+    print(f"{len(lines):,} synthetic events, {args.shards} shards, {os.cpu_count()} cores")
+    base = core_rate(lines)
+    print(f"(a) single-process core:            {base:>10,.0f} events/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        batched, _ = asyncio.run(
+            pipeline_rate(lines, shards=args.shards, per_entry=500, offered=None, tmp=Path(tmp))
+        )
+        print(
+            f"(b) pipeline, 500 events per entry:  {batched:>10,.0f} events/s"
+            f"   ratio to (a) {batched / base:.2f} (target >= 0.5)"
+        )
+        single_lines = lines[: args.single_events]
+        single, _ = asyncio.run(
+            pipeline_rate(
+                single_lines, shards=args.shards, per_entry=1, offered=None, tmp=Path(tmp)
+            )
+        )
+        print(
+            f"(b') pipeline, 1 event per entry:    {single:>10,.0f} events/s"
+            f"   ratio to (a) {single / base:.2f}"
+        )
+        _, lat = asyncio.run(
+            pipeline_rate(
+                lines[: args.latency_events],
+                shards=args.shards,
+                per_entry=100,
+                offered=args.rate,
+                tmp=Path(tmp),
+            )
+        )
+    p50, p99 = np.percentile(lat, [50, 99]) if lat else (float("nan"), float("nan"))
+    print(
+        f"(c) latency at {args.rate:,.0f} events/s offered: "
+        f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (target p99 <= 250)"
+    )
+    ratio = imbalance(min(args.events, 300_000), 8)
+    print(f"(d) imbalance, 8 shards, Zipf tenants: max/mean = {ratio:.3f} (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""``rayworker run``, ``rayworker demo`` and ``rayworker check``: the pipeline's commands.
+
+``run`` is production: Redis Streams in (or a JSONL file), PostgreSQL and Redis out, an
+existing Ray cluster (``RAY_ADDRESS``) or a local one, health on Serve. ``demo`` is the same
+pipeline on embedded defaults: a local Ray, synthetic traffic with labelled attacks, SQLite
+alerts and in-memory metrics, with live throughput and an alerts table in the terminal.
+SIGTERM and SIGINT stop reading, drain what is in flight, flush the sinks and exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from rayworker.errors import ConfigError
+from rayworker.settings import Settings, load_settings
+from rayworker.sinks.factory import open_alert_store
+
+__all__ = ["register"]
+
+_DEMO_DB = "rayworker-demo.db"
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run``, ``demo`` and ``check`` to the ``rayworker`` command."""
+    run = commands.add_parser(
+        "run",
+        help="run the pipeline: Redis Streams (or a JSONL file) in, alerts and metrics out",
+        description=(
+            "Start shards, router and health endpoints and process events until SIGTERM or "
+            "SIGINT. Settings come from RAYWORKER_* variables and --config; see README."
+        ),
+    )
+    run.add_argument("--config", type=Path, help="TOML or YAML settings file")
+    run.add_argument("--events", type=Path, help="read this JSONL file instead of the stream")
+    run.add_argument("--migrate", action="store_true", help="apply pending alert-store migrations")
+    run.add_argument("--no-serve", action="store_true", help="do not start the health endpoints")
+    run.add_argument("--quiet", action="store_true", help="no periodic status lines")
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the whole pipeline on embedded defaults with synthetic attacks (no servers)",
+    )
+    demo.add_argument("--events", type=int, default=200_000, help="events to generate")
+    demo.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    demo.add_argument("--tenants", type=int, default=20)
+    demo.add_argument("--shards", type=int, default=2)
+    demo.add_argument("--db", default=_DEMO_DB, help=f"SQLite alerts file (default {_DEMO_DB})")
+    demo.add_argument("--no-serve", action="store_true", help="do not start the health endpoints")
+    demo.add_argument(
+        "--keep-serving", action="store_true", help="after the run, serve health until Ctrl-C"
+    )
+    demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check", help="print the health of a running deployment")
+    check.add_argument("--config", type=Path, help="TOML or YAML settings file")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(handler=_check)
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.events is not None:
+        overrides["source"] = "jsonl"
+    settings = load_settings(args.config, **overrides)
+    return asyncio.run(_run_async(settings, args))
+
+
+async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
+    from rayworker.pipeline.app import Pipeline  # noqa: PLC0415 - keeps `rayworker --help` fast
+    from rayworker.pipeline.sources import StreamBatches, paced_batches  # noqa: PLC0415
+
+    err = Console(file=sys.stderr, highlight=False)
+    err.print(f"settings: {json.dumps(settings.public(), default=str)}")
+    pipeline = Pipeline(settings)
+    await pipeline.start(migrate=args.migrate)
+    err.print(f"ray: {pipeline.address}; {settings.shards} shards, router started")
+    stop = _stop_on_signals()
+    if not args.no_serve:
+        _start_serve(settings, err)
+
+    def progress(stats: Any) -> None:
+        if not args.quiet and time.monotonic() - progress.last >= 5:  # type: ignore[attr-defined]
+            progress.last = time.monotonic()  # type: ignore[attr-defined]
+            err.print(
+                f"{stats.events:,} events ({stats.rate:,.0f}/s), {stats.rejected:,} rejected, "
+                f"{stats.late:,} late, {stats.acked:,} batches acked"
+            )
+
+    progress.last = 0.0  # type: ignore[attr-defined]
+    try:
+        if settings.source == "redis":
+            from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
+
+            consumer = StreamConsumer.from_settings(settings)
+            try:
+                await consumer.ensure_group()
+                source = StreamBatches(consumer, stop)
+                stats = await pipeline.pump(
+                    source.__aiter__(),
+                    ack=source.ack,
+                    dead_letter=source.dead_letter,
+                    stop=stop,
+                    on_progress=progress,
+                )
+            finally:
+                await consumer.close()
+        else:
+            if args.events is None:
+                msg = "source is jsonl but no file was given; pass --events FILE.jsonl"
+                raise ConfigError(msg)
+            stats = await pipeline.pump(
+                paced_batches(_file_batches(args.events), stop=stop),
+                stop=stop,
+                on_progress=progress,
+                bounded=True,
+            )
+        err.print(
+            f"stopped after {stats.events:,} events in {stats.elapsed_s:.1f} s "
+            f"({stats.rate:,.0f}/s); {stats.rejected:,} rejected, {stats.late:,} late"
+        )
+    finally:
+        pipeline.stop()
+        if not args.no_serve:
+            _stop_serve()
+    return 0
+
+
+def _file_batches(path: Path) -> Iterator[list[bytes]]:
+    from rayworker.sources.jsonl import JsonlReader  # noqa: PLC0415
+
+    with JsonlReader(path, batch_size=2000) as reader:
+        for lines in reader:
+            yield [line for line in lines if line.strip()]
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _start_serve(settings: Settings, console: Console) -> None:
+    from rayworker.serve_app import deploy  # noqa: PLC0415
+
+    deploy(settings)
+    base = f"http://{settings.serve_host}:{settings.serve_port}"
+    console.print(f"health: {base}/healthz  {base}/readyz  {base}/metrics")
+
+
+def _stop_serve() -> None:
+    from rayworker.serve_app import shutdown  # noqa: PLC0415
+
+    shutdown()
+
+
+# --- demo ---------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        alerts_dsn=f"sqlite:///{args.db}",
+        metrics_url="memory://",
+        source="synthetic",
+        shards=args.shards,
+        ray_address=None,
+    )
+    return asyncio.run(_demo_async(settings, args))
+
+
+async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
+    from rayworker.pipeline.app import Pipeline  # noqa: PLC0415
+    from rayworker.pipeline.sources import paced_batches  # noqa: PLC0415
+    from rayworker.sources.synthetic import SyntheticConfig, generate_labelled  # noqa: PLC0415
+
+    console = Console(highlight=False)
+    console.print("[bold]rayworker demo[/]: starting a local Ray (about 10 s)...")
+    config = SyntheticConfig(
+        events=args.events,
+        tenants=args.tenants,
+        principals=max(args.tenants, 2000),
+        duration_s=3600.0,
+        attacks_per_tenant_hour=2.0,
+        disorder_ms=2000,
+    )
+    lines, labels = generate_labelled(config)
+    pipeline = Pipeline(settings)
+    await pipeline.start(migrate=True)
+    stop = _stop_on_signals()
+    if not args.no_serve:
+        _start_serve(settings, console)
+    console.print(
+        f"{len(lines):,} synthetic events from {config.tenants} tenants with "
+        f"{len(labels)} injected attacks; {settings.shards} shards; alerts in {args.db}"
+    )
+    chunks = [lines[i : i + 2000] for i in range(0, len(lines), 2000)]
+    with Live(console=console, refresh_per_second=4) as live:
+        state: dict[str, Any] = {"stats": None}
+
+        def progress(stats: Any) -> None:
+            state["stats"] = stats
+
+        async def refresh() -> None:
+            while True:
+                live.update(await _demo_view(settings, state["stats"], len(lines)))
+                await asyncio.sleep(0.5)
+
+        painter = asyncio.create_task(refresh())
+        try:
+            stats = await pipeline.pump(
+                _batches(paced_batches(chunks, rate=args.rate, stop=stop)),
+                stop=stop,
+                on_progress=progress,
+                bounded=True,
+            )
+        finally:
+            painter.cancel()
+        state["stats"] = stats
+        live.update(await _demo_view(settings, stats, len(lines)))
+    shard_stats = await pipeline.shard_stats()
+    console.print(
+        f"done: {stats.events:,} events in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s); "
+        "events per shard: " + ", ".join(f"{s['events']:,}" for s in shard_stats)
+    )
+    if args.keep_serving and not args.no_serve:
+        console.print("serving health until Ctrl-C ...")
+        await stop.wait()
+    pipeline.stop()
+    if not args.no_serve:
+        _stop_serve()
+    console.print(
+        f"alerts stay in {args.db}: try `rayworker alerts list --alerts-dsn "
+        f"sqlite:///{args.db} --tenant <tenant>`"
+    )
+    return 0
+
+
+async def _batches(source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for batch in source:
+        yield batch
+
+
+async def _demo_view(settings: Settings, stats: Any, total: int) -> Group:
+    counts = Table(show_header=False, box=None)
+    if stats is not None:
+        counts.add_row("events", f"{stats.events:,} / {total:,}")
+        counts.add_row("events/s", f"{stats.rate:,.0f}")
+        counts.add_row("rejected / late", f"{stats.rejected:,} / {stats.late:,}")
+    alerts = Table(title="latest alerts", title_justify="left")
+    for column in ("tenant", "rule", "severity", "occurrences", "first seen"):
+        alerts.add_column(column)
+    for row in await _latest_alerts(settings, 12):
+        alerts.add_row(
+            row.tenant_id, row.rule_id, row.severity, str(row.occurrences), str(row.first_seen)
+        )
+    return Group(counts, alerts)
+
+
+async def _latest_alerts(settings: Settings, limit: int) -> list[Any]:
+    store = await open_alert_store(settings)
+    try:
+        tenants = await _tenants(settings)
+        rows: list[Any] = []
+        for tenant in tenants:
+            rows.extend(await store.list(tenant, limit=limit))
+        rows.sort(key=lambda r: r.first_seen, reverse=True)
+        return rows[:limit]
+    finally:
+        await store.close()
+
+
+async def _tenants(settings: Settings) -> list[str]:
+    from rayworker.sinks.factory import sqlite_path  # noqa: PLC0415
+
+    if settings.alerts_backend != "sqlite":
+        return []
+    import sqlite3  # noqa: PLC0415
+
+    path = sqlite_path(settings.alerts_dsn.get_secret_value())
+
+    def read() -> list[str]:
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+                return [r[0] for r in conn.execute("SELECT DISTINCT tenant_id FROM alerts")]
+        except sqlite3.Error:
+            return []
+
+    return await asyncio.to_thread(read)
+
+
+# --- check --------------------------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rayworker.pipeline.runtime import connect_ray  # noqa: PLC0415
+    from rayworker.serve_app import collect  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    try:
+        connect_ray(settings.ray_address, namespace=settings.ray_namespace)
+    except Exception as exc:  # noqa: BLE001 - no cluster is a health finding, not a crash
+        print(f"warning: not connected to Ray ({type(exc).__name__}); Ray checks will fail")
+    report = asyncio.run(collect(settings))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        console = Console(highlight=False)
+        table = Table(title=f"rayworker health: {report.status}", title_justify="left")
+        for column in ("component", "status", "message"):
+            table.add_column(column)
+        for name, component in sorted(report.components.items()):
+            table.add_row(name, str(component.status), component.message)
+        console.print(table)
+    return 0 if report.http_status == 200 else 1
