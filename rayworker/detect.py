@@ -81,8 +81,10 @@ _US = 1_000_000
 _VECTOR_MIN = 32  # below this many candidates the per-event path is as fast
 _NEVER = -(2**62)
 _SNAPSHOT_VERSION = 1
-MAX_SIGNATURES = 64
+MAX_SIGNATURES = 63
 """Distinct rule signatures a router can route: one bit each in a uint64 per event."""
+PRIMARY_BIT = 63
+"""The routing bit marking an event's one primary shard, which alone counts duplicates."""
 
 
 @dataclass(frozen=True)
@@ -398,8 +400,7 @@ class Detector:
                 mask = masks[bit] = ((owned >> np.uint64(bit)) & np.uint64(1)).astype(np.bool_)
             return mask
 
-        # Signature 0's owner is each event's one "primary" shard: only it counts duplicates.
-        primary = (owned & np.uint64(1)).astype(np.bool_)
+        primary = ((owned >> np.uint64(PRIMARY_BIT)) & np.uint64(1)).astype(np.bool_)
         self._run_rules(batch, wm_after, result, usable_for, primary)
         return result
 

@@ -20,7 +20,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,18 +28,20 @@ import numpy.typing as npt
 from rayworker.alerts import Alert
 from rayworker.clock import Clock, SystemClock
 from rayworker.detect import (
+    PRIMARY_BIT,
     DetectionResult,
     DetectorConfig,
     LateEvent,
     MetricDeltas,
     group_column,
     group_signatures,
+    rule_signature,
     screen_batch,
 )
 from rayworker.errors import StateError
 from rayworker.events import EventBatch, EventDecoder, Rejection
 from rayworker.routing import Assignment, key_groups
-from rayworker.rules import RulePack
+from rayworker.rules import RulePack, SequenceRule, compile_filter, compile_steps
 
 __all__ = ["Partition", "Partitioner", "ShardBatch"]
 
@@ -58,7 +60,8 @@ class ShardBatch:
     wm_after: npt.NDArray[np.int64]
     """Each event's tenant watermark after it (microseconds)."""
     owned: npt.NDArray[np.uint64]
-    """Bit ``s`` set: this shard owns the event's key under rule signature ``s``."""
+    """Bit ``s`` set: this shard owns the event's key under rule signature ``s``; bit
+    :data:`~rayworker.detect.PRIMARY_BIT` set: this is the event's one primary shard."""
     watermarks: dict[str, int] = field(default_factory=dict)
     """The router's largest event time per tenant (microseconds), for settling."""
 
@@ -119,6 +122,32 @@ class Partition:
     """The tenant of each usable event, in order (for latency accounting)."""
 
 
+class _Masker(Protocol):
+    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]: ...
+
+
+class _AllOf:
+    def __init__(self, *parts: _Masker) -> None:
+        self.parts = parts
+
+    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]:
+        out = self.parts[0].mask(batch)
+        for part in self.parts[1:]:
+            out = out & part.mask(batch)
+        return out
+
+
+class _AnyOf:
+    def __init__(self, parts: Sequence[_Masker]) -> None:
+        self.parts = parts
+
+    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]:
+        out = np.zeros(len(batch), dtype=np.bool_)
+        for part in self.parts:
+            out |= part.mask(batch)
+        return out
+
+
 class Partitioner:
     """Screens batches like a detector does, then splits them by key-group ownership."""
 
@@ -134,6 +163,14 @@ class Partitioner:
         self.config = config if config is not None else DetectorConfig()
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.signatures = group_signatures(pack)
+        # Per signature, the filters of its rules: an event no rule of a signature could
+        # count need not travel to that signature's shard at all.
+        self._filters: list[list[_Masker]] = [[] for _ in self.signatures]
+        for rule in pack.rules:
+            predicate: _Masker = compile_filter(rule.filter)
+            if isinstance(rule, SequenceRule):
+                predicate = _AllOf(predicate, _AnyOf(compile_steps(rule)))
+            self._filters[self.signatures.index(rule_signature(rule))].append(predicate)
         fields: set[str] = set()
         for rule in pack.rules:
             fields |= set(rule.fields())
@@ -169,17 +206,31 @@ class Partitioner:
         wm = wm_after[keep]
         tenants = sub.tenants
         partition.tenants = tenants
-        shard_of_event = np.empty((len(self.signatures), len(keep)), dtype=np.int64)
+        # -1: the event does not travel under that signature (no rule of it could count it).
+        shard_of_event = np.full((len(self.signatures), len(keep)), -1, dtype=np.int64)
         for s, signature in enumerate(self.signatures):
-            columns = [group_column(sub, spec) for spec in signature]
-            groups = key_groups(tenants, columns, groups=self.assignment.groups)
-            shard_of_event[s] = self._owner[groups]
+            wanted = np.zeros(len(keep), dtype=np.bool_)
+            for predicate in self._filters[s]:
+                wanted |= predicate.mask(sub)
+            rows = np.flatnonzero(wanted)
+            if len(rows) == 0:
+                continue
+            picked = sub.take(rows) if len(rows) < len(keep) else sub
+            columns = [group_column(picked, spec) for spec in signature]
+            groups = key_groups(picked.tenants, columns, groups=self.assignment.groups)
+            shard_of_event[s, rows] = self._owner[groups]
+        # Each routed event's lowest signature marks its one primary shard (which alone
+        # counts it as a duplicate, if it is one).
+        routed = shard_of_event >= 0
+        first = np.argmax(routed, axis=0)
+        primary_shard = shard_of_event[first, np.arange(len(keep))]
         touched = {tenant: self._max_seen[tenant] for tenant in set(tenants)}
-        for shard in np.unique(shard_of_event).tolist():
+        for shard in np.unique(shard_of_event[routed]).tolist():
             hit = shard_of_event == shard
             owned = np.zeros(len(keep), dtype=np.uint64)
             for s in range(len(self.signatures)):
                 owned |= hit[s].astype(np.uint64) << np.uint64(s)
+            owned |= (primary_shard == shard).astype(np.uint64) << np.uint64(PRIMARY_BIT)
             rows = np.flatnonzero(owned)
             raw = sub.raw
             partition.shards[int(shard)] = ShardBatch.build(

@@ -18,19 +18,22 @@ from typing import Any
 
 import ray
 
-from rayworker.detect import DetectorConfig, LateEvent
+from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
 from rayworker.errors import ConfigError, SinkError
 from rayworker.events import Rejection
 from rayworker.pipeline.router import ROUTER_NAME, Receipt, start_router
 from rayworker.pipeline.runtime import connect_ray
 from rayworker.pipeline.shard import shard_actor, shard_name
-from rayworker.pipeline.sinks import METRICS_ACTOR, MetricsActor
+from rayworker.pipeline.sinks import METRICS_ACTOR, MetricsActor, persist_alerts, record_metrics
 from rayworker.routing import Assignment
 from rayworker.rules import Overrides, RulePack, builtin_pack, load_overrides, load_rules
 from rayworker.settings import Settings
 from rayworker.sinks.factory import metrics_store, open_alert_store
 
 __all__ = ["Batch", "Pipeline", "PumpStats", "detector_config", "load_pack"]
+
+_SINK_WORKERS = 2
+"""Sink task workers started before the first event (each holds its own store)."""
 
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
 DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
@@ -130,6 +133,21 @@ class Pipeline:
             self.settings, self.pack, self.config, self.assignment, self.shards
         )
         await self.router.stats.remote()
+        await self._warm_sinks()
+
+    async def _warm_sinks(self) -> None:
+        """Start the sink workers and open their stores now, not under the first alerts.
+
+        A task worker process takes a second or two to start and import; without this the
+        first batches' latency would include it.
+        """
+        warm = [persist_alerts.remote(self.settings, []) for _ in range(_SINK_WORKERS)]
+        if self.settings.metrics_backend != "memory":
+            warm += [
+                record_metrics.remote(self.settings, MetricDeltas(), {})
+                for _ in range(_SINK_WORKERS)
+            ]
+        await asyncio.gather(*warm)
 
     def _clear_leftovers(self) -> None:
         """Remove actors a crashed earlier run left behind under our names."""
