@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -313,10 +314,15 @@ def _check(args: argparse.Namespace) -> int:
     from rayworker.serve_app import collect  # noqa: PLC0415
 
     settings = load_settings(args.config)
-    try:
-        connect_ray(settings.ray_address, namespace=settings.ray_namespace)
-    except Exception as exc:  # noqa: BLE001 - no cluster is a health finding, not a crash
-        print(f"warning: not connected to Ray ({type(exc).__name__}); Ray checks will fail")
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS")
+    # Attach only to a named cluster: starting a fresh local Ray would report on nothing.
+    if address:
+        try:
+            connect_ray(address, namespace=settings.ray_namespace)
+        except Exception as exc:  # noqa: BLE001 - no cluster is a health finding, not a crash
+            print(f"warning: not connected to Ray ({type(exc).__name__}); Ray checks will fail")
+    else:
+        print("warning: RAY_ADDRESS is not set; router and shard checks report CRITICAL")
     report = asyncio.run(collect(settings))
     if args.json:
         print(json.dumps(report.to_json(), indent=2, default=str))
