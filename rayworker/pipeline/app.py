@@ -23,7 +23,7 @@ from rayworker.errors import ConfigError, SinkError
 from rayworker.events import Rejection
 from rayworker.pipeline.router import ROUTER_NAME, Receipt, start_router
 from rayworker.pipeline.runtime import connect_ray
-from rayworker.pipeline.shard import shard_actor, shard_name
+from rayworker.pipeline.shard import shard_actor
 from rayworker.pipeline.sinks import METRICS_ACTOR, MetricsActor, persist_alerts, record_metrics
 from rayworker.routing import Assignment
 from rayworker.rules import Overrides, RulePack, builtin_pack, load_overrides, load_rules
@@ -109,7 +109,7 @@ class Pipeline:
         finally:
             await metrics.close()
         self.address = connect_ray(self.settings.ray_address, namespace=self.settings.ray_namespace)
-        self._clear_leftovers()
+        self._refuse_if_running()
         ns = self.settings.ray_namespace
         if self.settings.metrics_backend == "memory":
             self.metrics_actor = (
@@ -149,15 +149,18 @@ class Pipeline:
             ]
         await asyncio.gather(*warm)
 
-    def _clear_leftovers(self) -> None:
-        """Remove actors a crashed earlier run left behind under our names."""
+    def _refuse_if_running(self) -> None:
+        """Our actors are named; another live pipeline in the namespace must not be touched."""
         ns = self.settings.ray_namespace
-        names = [ROUTER_NAME, METRICS_ACTOR, *(shard_name(s) for s in range(self.settings.shards))]
-        for name in names:
-            try:
-                ray.kill(ray.get_actor(name, namespace=ns))
-            except ValueError:
-                continue
+        try:
+            ray.get_actor(ROUTER_NAME, namespace=ns)
+        except ValueError:
+            return
+        msg = (
+            f"a rayworker pipeline is already running in Ray namespace {ns!r}; stop it first "
+            "or give this one its own namespace (RAYWORKER_RAY_NAMESPACE)"
+        )
+        raise ConfigError(msg)
 
     async def pump(
         self,
