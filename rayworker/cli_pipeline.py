@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,16 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     if not args.no_serve:
         _start_serve(settings, err)
 
+    last_line = [0.0]
+
     def progress(stats: Any) -> None:
-        if not args.quiet and time.monotonic() - progress.last >= 5:  # type: ignore[attr-defined]
-            progress.last = time.monotonic()  # type: ignore[attr-defined]
+        if not args.quiet and time.monotonic() - last_line[0] >= 5:
+            last_line[0] = time.monotonic()
             err.print(
                 f"{stats.events:,} events ({stats.rate:,.0f}/s), {stats.rejected:,} rejected, "
                 f"{stats.late:,} late, {stats.acked:,} batches acked"
             )
 
-    progress.last = 0.0  # type: ignore[attr-defined]
     try:
         if settings.source == "redis":
             from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
@@ -143,11 +144,10 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _file_batches(path: Path) -> Iterator[list[bytes]]:
-    from rayworker.sources.jsonl import JsonlReader  # noqa: PLC0415
+    from rayworker.sources.jsonl import iter_line_batches  # noqa: PLC0415
 
-    with JsonlReader(path, batch_size=2000) as reader:
-        for lines in reader:
-            yield [line for line in lines if line.strip()]
+    for lines in iter_line_batches(path, batch_size=2000):
+        yield [line for line in lines if line.strip()]
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -226,7 +226,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         painter = asyncio.create_task(refresh())
         try:
             stats = await pipeline.pump(
-                _batches(paced_batches(chunks, rate=args.rate, stop=stop)),
+                paced_batches(chunks, rate=args.rate, stop=stop),
                 stop=stop,
                 on_progress=progress,
                 bounded=True,
@@ -251,11 +251,6 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         f"sqlite:///{args.db} --tenant <tenant>`"
     )
     return 0
-
-
-async def _batches(source: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for batch in source:
-        yield batch
 
 
 async def _demo_view(settings: Settings, stats: Any, total: int) -> Group:

@@ -7,10 +7,12 @@ all its real events late. Tests and backtests inject a :class:`FixedClock`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-__all__ = ["Clock", "FixedClock", "SystemClock"]
+__all__ = ["Clock", "FixedClock", "SystemClock", "now_us"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Clock(Protocol):
@@ -48,3 +50,8 @@ class FixedClock:
             msg = f"FixedClock needs a timezone-aware time, got {at.isoformat()}; add tzinfo=UTC"
             raise ValueError(msg)
         self._at = at
+
+
+def now_us(clock: Clock) -> int:
+    """The clock's current time in microseconds since the epoch (the core's time unit)."""
+    return (clock.now() - _EPOCH) // timedelta(microseconds=1)

@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rayworker.alerts import Alert, alert_id, fingerprint, iso_utc
-from rayworker.clock import Clock, SystemClock
+from rayworker.clock import Clock, SystemClock, now_us
 from rayworker.errors import ConfigError, StateError
 from rayworker.events import (
     DecodeResult,
@@ -150,6 +150,21 @@ class MetricDeltas:
     naive_timestamps: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     state_capped: Counter[str] = field(default_factory=Counter)
+
+    def is_empty(self) -> bool:
+        """True when no count is non-zero (nothing worth writing)."""
+        return not any(
+            (
+                self.events,
+                self.rejected,
+                self.late,
+                self.alerts,
+                self.alert_updates,
+                self.naive_timestamps,
+                self.duplicates,
+                self.state_capped,
+            )
+        )
 
     def merge(self, other: MetricDeltas) -> None:
         """Add another set of deltas into this one."""
@@ -351,7 +366,7 @@ class Detector:
             rejections,
             start_index=start_index,
             config=self.config,
-            now_us=self._now_us(),
+            now_us=now_us(self.clock),
             max_seen=self._max_seen,
         )
         if len(batch) == 0:
@@ -446,10 +461,6 @@ class Detector:
         return None if seen is None else seen - self._lateness_us
 
     # --- watermarks ------------------------------------------------------------------------
-
-    def _now_us(self) -> int:
-        now = self.clock.now()
-        return (now - _EPOCH) // timedelta(microseconds=1)
 
     # --- rules -----------------------------------------------------------------------------
 

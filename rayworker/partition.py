@@ -19,17 +19,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from rayworker.alerts import Alert
-from rayworker.clock import Clock, SystemClock
+from rayworker.clock import Clock, SystemClock, now_us
 from rayworker.detect import (
     PRIMARY_BIT,
-    DetectionResult,
     DetectorConfig,
     LateEvent,
     MetricDeltas,
@@ -41,12 +38,11 @@ from rayworker.detect import (
 from rayworker.errors import StateError
 from rayworker.events import EventBatch, EventDecoder, Rejection
 from rayworker.routing import Assignment, key_groups
-from rayworker.rules import RulePack, SequenceRule, compile_filter, compile_steps
+from rayworker.rules import Predicate, RulePack, SequenceRule, compile_filter, compile_steps
 
 __all__ = ["Partition", "Partitioner", "ShardBatch"]
 
 _SNAPSHOT_FORMAT = "rayworker.partitioner"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,32 +118,6 @@ class Partition:
     """The tenant of each usable event, in order (for latency accounting)."""
 
 
-class _Masker(Protocol):
-    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]: ...
-
-
-class _AllOf:
-    def __init__(self, *parts: _Masker) -> None:
-        self.parts = parts
-
-    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]:
-        out = self.parts[0].mask(batch)
-        for part in self.parts[1:]:
-            out = out & part.mask(batch)
-        return out
-
-
-class _AnyOf:
-    def __init__(self, parts: Sequence[_Masker]) -> None:
-        self.parts = parts
-
-    def mask(self, batch: EventBatch) -> npt.NDArray[np.bool_]:
-        out = np.zeros(len(batch), dtype=np.bool_)
-        for part in self.parts:
-            out |= part.mask(batch)
-        return out
-
-
 class Partitioner:
     """Screens batches like a detector does, then splits them by key-group ownership."""
 
@@ -165,12 +135,14 @@ class Partitioner:
         self.signatures = group_signatures(pack)
         # Per signature, the filters of its rules: an event no rule of a signature could
         # count need not travel to that signature's shard at all.
-        self._filters: list[list[_Masker]] = [[] for _ in self.signatures]
+        # A sequence rule counts an event only if it also matches one of its steps.
+        self._filters: list[list[tuple[Predicate, tuple[Predicate, ...]]]] = [
+            [] for _ in self.signatures
+        ]
         for rule in pack.rules:
-            predicate: _Masker = compile_filter(rule.filter)
-            if isinstance(rule, SequenceRule):
-                predicate = _AllOf(predicate, _AnyOf(compile_steps(rule)))
-            self._filters[self.signatures.index(rule_signature(rule))].append(predicate)
+            steps = compile_steps(rule) if isinstance(rule, SequenceRule) else ()
+            signature = self.signatures.index(rule_signature(rule))
+            self._filters[signature].append((compile_filter(rule.filter), steps))
         fields: set[str] = set()
         for rule in pack.rules:
             fields |= set(rule.fields())
@@ -187,13 +159,12 @@ class Partitioner:
         self, batch: EventBatch, rejections: Sequence[Rejection] = (), *, start_index: int = 0
     ) -> Partition:
         """Screen a decoded batch and split its usable events by owning shard."""
-        now_us = (self.clock.now() - _EPOCH) // timedelta(microseconds=1)
         screened, usable, wm_after = screen_batch(
             batch,
             rejections,
             start_index=start_index,
             config=self.config,
-            now_us=now_us,
+            now_us=now_us(self.clock),
             max_seen=self._max_seen,
         )
         keep = np.flatnonzero(usable)
@@ -209,15 +180,17 @@ class Partitioner:
         # -1: the event does not travel under that signature (no rule of it could count it).
         shard_of_event = np.full((len(self.signatures), len(keep)), -1, dtype=np.int64)
         for s, signature in enumerate(self.signatures):
-            wanted = np.zeros(len(keep), dtype=np.bool_)
-            for predicate in self._filters[s]:
-                wanted |= predicate.mask(sub)
-            rows = np.flatnonzero(wanted)
+            rows = np.flatnonzero(self._wanted(s, sub))
             if len(rows) == 0:
                 continue
-            picked = sub.take(rows) if len(rows) < len(keep) else sub
-            columns = [group_column(picked, spec) for spec in signature]
-            groups = key_groups(picked.tenants, columns, groups=self.assignment.groups)
+            # Columns are extracted once per batch (cached) and only indexed per signature.
+            columns = [group_column(sub, spec) for spec in signature]
+            picked_tenants = tenants
+            if len(rows) < len(keep):
+                at = rows.tolist()
+                columns = [[column[i] for i in at] for column in columns]
+                picked_tenants = [tenants[i] for i in at]
+            groups = key_groups(picked_tenants, columns, groups=self.assignment.groups)
             shard_of_event[s, rows] = self._owner[groups]
         # Each routed event's lowest signature marks its one primary shard (which alone
         # counts it as a duplicate, if it is one).
@@ -237,6 +210,19 @@ class Partitioner:
                 [raw[i] for i in rows.tolist()], wm[rows], owned[rows], touched
             )
         return partition
+
+    def _wanted(self, signature: int, batch: EventBatch) -> npt.NDArray[np.bool_]:
+        """Which events some rule of the signature could count (its filter, and a step)."""
+        wanted = np.zeros(len(batch), dtype=np.bool_)
+        for predicate, steps in self._filters[signature]:
+            mask = predicate.mask(batch)
+            if steps:
+                in_a_step = np.zeros(len(batch), dtype=np.bool_)
+                for step in steps:
+                    in_a_step |= step.mask(batch)
+                mask &= in_a_step
+            wanted |= mask
+        return wanted
 
     def watermarks(self) -> dict[str, int]:
         """The largest event time seen per tenant (microseconds)."""
@@ -258,12 +244,3 @@ class Partitioner:
         self._max_seen = {str(k): int(v) for k, v in snapshot["max_seen"].items()}
         self.assignment = Assignment.from_json(snapshot["assignment"])
         self._owner = np.asarray(self.assignment.owner, dtype=np.int64)
-
-
-def merge_results(results: Sequence[DetectionResult]) -> list[Alert]:
-    """The alerts of several shard results, folded by id (last state wins)."""
-    latest: dict[str, Alert] = {}
-    for result in results:
-        for alert in result.alerts:
-            latest[alert.id] = alert
-    return list(latest.values())

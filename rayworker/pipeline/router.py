@@ -30,6 +30,7 @@ import ray
 
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
 from rayworker.events import Rejection
+from rayworker.health import Status, worst
 from rayworker.partition import Partitioner, ShardBatch
 from rayworker.pipeline.shard import ShardOutput
 from rayworker.pipeline.sinks import METRICS_ACTOR, persist_alerts, record_error, record_metrics
@@ -295,18 +296,7 @@ class Router:
     async def _send_metrics(self) -> None:
         self._last_metrics = time.monotonic()
         pending = self.pending_metrics
-        if not self.pending_latency and not any(
-            (
-                pending.events,
-                pending.rejected,
-                pending.late,
-                pending.alerts,
-                pending.alert_updates,
-                pending.duplicates,
-                pending.state_capped,
-                pending.naive_timestamps,
-            )
-        ):
+        if not self.pending_latency and pending.is_empty():
             return
         deltas, self.pending_metrics = pending, MetricDeltas()
         latency, self.pending_latency = self.pending_latency, {}
@@ -361,9 +351,9 @@ class Router:
                     "status": "CRITICAL",
                     "message": f"shard not answering: {type(exc).__name__}",
                 }
-        worst = max((s["status"] for s in shards.values()), key=_rank, default="OK")
+        overall = worst(Status(s["status"]) for s in shards.values())
         return {
-            "status": worst,
+            "status": str(overall),
             "message": (
                 f"{self.counts['events']:,} events routed to {len(names)} shards, "
                 f"{len(self.tickets)} batches open"
@@ -371,10 +361,6 @@ class Router:
             "shards": shards,
             "stats": await self.stats(),
         }
-
-
-def _rank(status: str) -> int:
-    return {"OK": 0, "WARNING": 1, "CRITICAL": 2}.get(status, 2)
 
 
 def start_router(

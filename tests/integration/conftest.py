@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
-from typing import NoReturn
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, NoReturn
 
 import asyncpg
 import pytest
@@ -45,24 +45,25 @@ async def _ping_postgres() -> None:
     await conn.close()
 
 
+def _require(ping: Callable[[], Coroutine[Any, Any, None]], service: str, target: str) -> str:
+    """``target`` once ``ping`` succeeded against it; else unavailable."""
+    try:
+        asyncio.run(ping())
+    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
+        unavailable(f"{service} unreachable at {target}: {type(exc).__name__}")
+    return target
+
+
 @pytest.fixture(scope="session")
 def live_redis_url() -> str:
     """The test Redis URL, once it has answered a PING."""
-    try:
-        asyncio.run(_ping_redis())
-    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
-        unavailable(f"Redis unreachable at {REDIS_URL}: {type(exc).__name__}")
-    return REDIS_URL
+    return _require(_ping_redis, "Redis", REDIS_URL)
 
 
 @pytest.fixture(scope="session")
 def live_postgres_dsn() -> str:
     """The test PostgreSQL DSN, once a connection has opened."""
-    try:
-        asyncio.run(_ping_postgres())
-    except Exception as exc:  # noqa: BLE001 - any failure means the service is not usable
-        unavailable(f"PostgreSQL unreachable at {POSTGRES_DSN}: {type(exc).__name__}")
-    return POSTGRES_DSN
+    return _require(_ping_postgres, "PostgreSQL", POSTGRES_DSN)
 
 
 @pytest.fixture(scope="session")
