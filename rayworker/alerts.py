@@ -78,6 +78,10 @@ class Alert:
     source: str = "rayworker"
     status: str = "active"
     metadata: dict[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None
+    """The trace (32 hex digits) of the event that fired the alert, when that trace was
+    sampled: an analyst goes from the alert to its trace with it. Kept from the first
+    version that had one; not part of the alert's identity."""
 
     @property
     def first_seen(self) -> datetime:
@@ -122,6 +126,7 @@ class Alert:
                 "end": iso_utc(self.period_end_us),
             },
             "metadata": self.metadata,
+            "trace_id": self.trace_id,
         }
 
 

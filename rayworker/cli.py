@@ -45,11 +45,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rayworker import cli_alerts, cli_pipeline
+from rayworker import cli_alerts, cli_backtest, cli_pipeline, cli_shards, cli_silences
 from rayworker.alerts import AlertBook
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
 from rayworker.errors import InputError, RayworkerError
 from rayworker.rules import builtin_pack, load_overrides, load_rules
+from rayworker.settings import load_settings
 from rayworker.sources.jsonl import DEFAULT_BATCH_SIZE, JsonlReader
 
 if TYPE_CHECKING:
@@ -136,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--rules", type=Path, metavar="FILE", help="rule pack YAML file")
     replay.add_argument("--overrides", type=Path, metavar="FILE", help="per-tenant overrides")
     replay.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="settings file (TOML/YAML); its integrity section (policies, keys) applies",
+    )
+    replay.add_argument(
         "--out", type=Path, metavar="FILE", help="write alerts here instead of standard output"
     )
     replay.add_argument(
@@ -187,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_rules_validate)
     cli_pipeline.register(commands)
     cli_alerts.register(commands)
+    cli_backtest.register(commands)
+    cli_silences.register(commands)
+    cli_shards.register(commands)
     return parser
 
 
@@ -303,7 +313,12 @@ def _build_detector(args: argparse.Namespace) -> Detector:
         settings["allowed_lateness_s"] = args.lateness
     if args.suppression is not None:
         settings["suppression_s"] = args.suppression
-    return Detector(pack, overrides=overrides, config=DetectorConfig(**settings))
+    # Settings (and so the environment) are read only when asked for: replay stays a pure
+    # function of its input files otherwise.
+    integrity = load_settings(args.config).integrity.config() if args.config else None
+    return Detector(
+        pack, overrides=overrides, config=DetectorConfig(**settings), integrity=integrity
+    )
 
 
 def _detect_all(
@@ -453,6 +468,9 @@ def render_summary(stats: ReplayStats, console: Console) -> None:
         counts.add_row(f"  rejected: {reason}", f"{n:,}")
     counts.add_row("late (reported)", f"{sum(metrics.late.values()):,}")
     counts.add_row("duplicates", f"{sum(metrics.duplicates.values()):,}")
+    violations = sum(metrics.integrity_violations.values())
+    if violations:
+        counts.add_row("integrity violations", f"{violations:,}")
     counts.add_row("naive timestamps (read as UTC)", f"{sum(metrics.naive_timestamps.values()):,}")
     counts.add_row("alerts", f"{sum(stats.alerts.values()):,}")
     counts.add_row("elapsed seconds", f"{stats.elapsed_s:.2f}")

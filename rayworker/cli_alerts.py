@@ -443,6 +443,7 @@ def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
         ("tags", ", ".join(row.tags)),
         ("metadata", json.dumps(row.metadata)),
         ("evidence window", json.dumps(row.evidence_window)),
+        ("trace id", row.trace_id or "-"),
         ("created", _when(row.created_at)),
         ("updated", _when(row.updated_at)),
     ]

@@ -92,8 +92,6 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     await pipeline.start(migrate=args.migrate)
     err.print(f"ray: {pipeline.address}; {settings.shards} shards, router started")
     stop = _stop_on_signals()
-    if not args.no_serve:
-        _start_serve(settings, err)
 
     last_line = [0.0]
 
@@ -105,6 +103,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
                 f"{stats.late:,} late, {stats.acked:,} batches acked"
             )
 
+    serve_started = False
     try:
         if settings.source == "redis":
             from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
@@ -113,6 +112,8 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             try:
                 await consumer.ensure_group()
                 source = StreamBatches(consumer, stop)
+                # Serve last: /readyz reports the source's lag, so the source exists first.
+                serve_started = _serve_unless(args.no_serve, settings, err)
                 stats = await pipeline.pump(
                     source.__aiter__(),
                     ack=source.ack,
@@ -126,6 +127,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             if args.events is None:
                 msg = "source is jsonl but no file was given; pass --events FILE.jsonl"
                 raise ConfigError(msg)
+            serve_started = _serve_unless(args.no_serve, settings, err)
             stats = await pipeline.pump(
                 paced_batches(_file_batches(args.events), stop=stop),
                 stop=stop,
@@ -137,10 +139,18 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             f"({stats.rate:,.0f}/s); {stats.rejected:,} rejected, {stats.late:,} late"
         )
     finally:
+        await pipeline.flush_telemetry()
         pipeline.stop()
-        if not args.no_serve:
+        if serve_started:
             _stop_serve()
     return 0
+
+
+def _serve_unless(no_serve: bool, settings: Settings, console: Console) -> bool:
+    if no_serve:
+        return False
+    _start_serve(settings, console)
+    return True
 
 
 def _file_batches(path: Path) -> Iterator[list[bytes]]:
@@ -243,6 +253,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
     if args.keep_serving and not args.no_serve:
         console.print("serving health until Ctrl-C ...")
         await stop.wait()
+    await pipeline.flush_telemetry()
     pipeline.stop()
     if not args.no_serve:
         _stop_serve()

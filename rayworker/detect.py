@@ -52,6 +52,7 @@ from rayworker.events import (
 from rayworker.events import (
     _factorise as _factorise_values,
 )
+from rayworker.integrity import IntegrityConfig, IntegrityMonitor
 from rayworker.rules import (
     DistinctRule,
     Overrides,
@@ -71,8 +72,10 @@ __all__ = [
     "DetectorConfig",
     "LateEvent",
     "MetricDeltas",
+    "OffHoursScreen",
     "group_column",
     "group_signatures",
+    "integrity_monitor",
     "rule_signature",
     "screen_batch",
 ]
@@ -150,6 +153,7 @@ class MetricDeltas:
     naive_timestamps: Counter[str] = field(default_factory=Counter)
     duplicates: Counter[str] = field(default_factory=Counter)
     state_capped: Counter[str] = field(default_factory=Counter)
+    integrity_violations: Counter[str] = field(default_factory=Counter)
 
     def is_empty(self) -> bool:
         """True when no count is non-zero (nothing worth writing)."""
@@ -163,6 +167,7 @@ class MetricDeltas:
                 self.naive_timestamps,
                 self.duplicates,
                 self.state_capped,
+                self.integrity_violations,
             )
         )
 
@@ -176,6 +181,7 @@ class MetricDeltas:
         self.naive_timestamps.update(other.naive_timestamps)
         self.duplicates.update(other.duplicates)
         self.state_capped.update(other.state_capped)
+        self.integrity_violations.update(other.integrity_violations)
 
 
 @dataclass
@@ -314,6 +320,43 @@ class _RuleRuntime:
         return cached
 
 
+def _outside_hours(
+    runtime: _RuleRuntime, batch: EventBatch, index: npt.NDArray[np.intp]
+) -> npt.NDArray[np.bool_]:
+    """For time_of_day rules: which candidate events fall outside business hours."""
+    tenants = batch.tenants
+    out = np.zeros(len(index), dtype=np.bool_)
+    by_tenant: dict[str, list[int]] = {}
+    for j, i in enumerate(index.tolist()):
+        by_tenant.setdefault(tenants[i], []).append(j)
+    for tenant, rows in by_tenant.items():
+        params = runtime.params(tenant)
+        if params.outside is None or params.zone is None:
+            continue
+        sel = np.asarray(rows, dtype=np.intp)
+        micros = batch.ts[index[sel]]
+        local = micros + _utc_offsets_us(params.zone, micros)
+        minutes = (local // (60 * _US)) % 1440
+        weekday = ((local // (86400 * _US)) + 3) % 7  # 1970-01-01 was a Thursday
+        out[sel] = params.outside[weekday * 1440 + minutes]
+    return out
+
+
+class OffHoursScreen:
+    """Which events a time_of_day rule could count: those outside each tenant's business hours.
+
+    The router applies it so that in-hours events never travel to the shard of a rule grouped
+    by the tenant alone, the one signature that keeps a busy tenant on a single shard.
+    """
+
+    def __init__(self, rule: Rule, overrides: Overrides, config: DetectorConfig) -> None:
+        self._runtime = _RuleRuntime(rule, overrides, config)
+
+    def __call__(self, batch: EventBatch, index: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
+        """For the events at ``index``: True where the rule could count them."""
+        return _outside_hours(self._runtime, batch, index)
+
+
 class Detector:
     """Detects the rules of a pack over batches of audit events; pure and deterministic."""
 
@@ -323,11 +366,14 @@ class Detector:
         overrides: Overrides | None = None,
         config: DetectorConfig | None = None,
         clock: Clock | None = None,
+        *,
+        integrity: IntegrityConfig | None = None,
     ) -> None:
         self.pack = pack
         self.overrides = overrides if overrides is not None else Overrides.empty()
         self.config = config if config is not None else DetectorConfig()
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.integrity = integrity_monitor(integrity, self.config, pack)
         self._lateness_us = round(self.config.allowed_lateness_s * _US)
         self._max_seen: dict[str, int] = {}
         self._rules = [_RuleRuntime(rule, self.overrides, self.config) for rule in pack.rules]
@@ -368,6 +414,7 @@ class Detector:
             config=self.config,
             now_us=now_us(self.clock),
             max_seen=self._max_seen,
+            integrity=self.integrity,
         )
         if len(batch) == 0:
             return result
@@ -440,7 +487,7 @@ class Detector:
         for i in duplicate_rows:
             if primary[i]:
                 metrics.duplicates[tenants[i]] += 1
-        result.alerts = list(changed.values())
+        result.alerts.extend(changed.values())
 
     def flush(self) -> DetectionResult:
         """End of input: settle every pending evaluation as if the watermark were infinite."""
@@ -481,27 +528,6 @@ class Detector:
             step_tags = bits.tolist()
         return mask, step_tags
 
-    def _outside_hours(
-        self, runtime: _RuleRuntime, batch: EventBatch, index: npt.NDArray[np.intp]
-    ) -> npt.NDArray[np.bool_]:
-        """For time_of_day rules: which candidate events fall outside business hours."""
-        tenants = batch.tenants
-        out = np.zeros(len(index), dtype=np.bool_)
-        by_tenant: dict[str, list[int]] = {}
-        for j, i in enumerate(index.tolist()):
-            by_tenant.setdefault(tenants[i], []).append(j)
-        for tenant, rows in by_tenant.items():
-            params = runtime.params(tenant)
-            if params.outside is None or params.zone is None:
-                continue
-            sel = np.asarray(rows, dtype=np.intp)
-            micros = batch.ts[index[sel]]
-            local = micros + _utc_offsets_us(params.zone, micros)
-            minutes = (local // (60 * _US)) % 1440
-            weekday = ((local // (86400 * _US)) + 3) % 7  # 1970-01-01 was a Thursday
-            out[sel] = params.outside[weekday * 1440 + minutes]
-        return out
-
     def _run_rule(  # noqa: PLR0915 - the per-event loop is hot and kept inline on purpose
         self,
         runtime: _RuleRuntime,
@@ -516,7 +542,7 @@ class Detector:
         mask, step_tags = self._candidates(runtime, batch, usable)
         index = np.flatnonzero(mask)
         if runtime.kind == "time_of_day" and len(index):
-            index = index[self._outside_hours(runtime, batch, index)]
+            index = index[_outside_hours(runtime, batch, index)]
         if len(index) == 0:
             return
         seen_candidates = len(index)
@@ -557,7 +583,7 @@ class Detector:
                 tag = step_tags[i]
             else:
                 tag = None
-            key = (tenant, *group)
+            key = _key([tenant, *group])
             window = windows.get(key)
             if window is None:
                 window = windows[key] = KeyWindow()
@@ -654,7 +680,7 @@ class Detector:
         kcode = kcode.astype(np.int64)
         n_keys = len(first)
         rep = index[first].tolist()
-        keys = [(tenants[r], *(values[r] for values in value_lists)) for r in rep]
+        keys = [_key([tenants[r], *(values[r] for values in value_lists)]) for r in rep]
 
         # 2. Per key: parameters, state, and whether it can take the fast path.
         windows = runtime.windows
@@ -930,7 +956,7 @@ class Detector:
         tenant = key[0]
         rule = runtime.rule
         if current is None:
-            group = dict(zip(runtime.group_names, key[1:], strict=True))
+            group = dict(zip(runtime.group_names, _plain(key)[1:], strict=True))
             fp = fingerprint(tenant, rule.id, group)
             count, evidence, w_start, w_end = self._describe(runtime, window, q, params)
             alert = Alert(
@@ -1073,9 +1099,9 @@ class Detector:
             rules[runtime.rule.id] = {
                 "version": runtime.rule.version,
                 "events_since_sweep": runtime.events_since_sweep,
-                "keys": [[list(k), w.snapshot()] for k, w in runtime.windows.items()],
+                "keys": [[_plain(k), w.snapshot()] for k, w in runtime.windows.items()],
                 "open": [
-                    [list(k), o.first_t, o.first_id, _alert_state(o.alert)]
+                    [_plain(k), o.first_t, o.first_id, _alert_state(o.alert)]
                     for k, periods in runtime.open.items()
                     for o in periods.values()
                 ],
@@ -1086,6 +1112,7 @@ class Detector:
             "lateness_us": self._lateness_us,
             "max_seen": dict(self._max_seen),
             "rules": rules,
+            "integrity": self.integrity.snapshot() if self.integrity is not None else [],
         }
 
     @classmethod
@@ -1096,6 +1123,8 @@ class Detector:
         overrides: Overrides | None = None,
         config: DetectorConfig | None = None,
         clock: Clock | None = None,
+        *,
+        integrity: IntegrityConfig | None = None,
     ) -> Detector:
         """A detector that continues exactly where the snapshot was taken."""
         if snapshot.get("format") != "rayworker.detector":
@@ -1107,7 +1136,9 @@ class Detector:
                 f"this rayworker reads version {_SNAPSHOT_VERSION}"
             )
             raise StateError(msg)
-        detector = cls(pack, overrides, config, clock)
+        detector = cls(pack, overrides, config, clock, integrity=integrity)
+        if detector.integrity is not None:
+            detector.integrity.restore(snapshot.get("integrity", []))
         stored = snapshot.get("rules", {})
         for runtime in detector._rules:
             data = stored.get(runtime.rule.id)
@@ -1143,12 +1174,16 @@ def screen_batch(
     config: DetectorConfig,
     now_us: int,
     max_seen: dict[str, int],
+    integrity: IntegrityMonitor | None = None,
 ) -> tuple[DetectionResult, npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """The per-tenant bookkeeping before any rule runs, shared by a detector and a router.
 
-    Rejects future-dated events, advances each tenant's watermark (``max_seen`` is updated in
-    place), reports late events and counts events, rejections and naive timestamps. Returns
-    the result so far, which events rules may count, and each event's watermark after it.
+    Rejects future-dated events, verifies event integrity (``integrity``: rejects what its
+    policies refuse, counts violations and returns their alerts in the result), advances each
+    tenant's watermark (``max_seen`` is updated in place), reports late events and counts
+    events, rejections and naive timestamps. Returns the result so far, which events rules may
+    count, and each event's watermark after it. A violating event stays usable: a tampered
+    failed login still counts.
     """
     result = DetectionResult(rejections=list(rejections))
     metrics = result.metrics
@@ -1173,6 +1208,9 @@ def screen_batch(
                     tenants[i],
                 )
             )
+    checked = integrity.check(batch, accepted, start_index) if integrity is not None else None
+    if checked is not None:
+        result.rejections.extend(checked.rejections)
     for rejection in result.rejections:
         metrics.rejected[(rejection.tenant, rejection.reason.value)] += 1
     if batch.naive:
@@ -1192,7 +1230,25 @@ def screen_batch(
             metrics.late[tenants[i]] += 1
     usable = accepted & ~late
     metrics.events.update(t for t, ok in zip(tenants, usable.tolist(), strict=True) if ok)
+    if integrity is not None:
+        result.alerts.extend(
+            integrity.raise_alerts(batch, checked, wm_after, max_seen, lateness_us, metrics)
+        )
     return result, usable, wm_after
+
+
+def integrity_monitor(
+    integrity: IntegrityConfig | None, config: DetectorConfig, pack: RulePack
+) -> IntegrityMonitor | None:
+    """The integrity screening of a detector or router; None when every policy is ``off``."""
+    if integrity is None or not integrity.enabled:
+        return None
+    return IntegrityMonitor(
+        integrity,
+        suppression_s=config.suppression_s,
+        evidence_cap=config.evidence_cap,
+        rule_ids=[rule.id for rule in pack.rules],
+    )
 
 
 def _advance_watermarks(
@@ -1260,8 +1316,39 @@ def _runs(run_start: npt.NDArray[np.intp], run_end: npt.NDArray[np.intp]) -> lis
     return [(int(run_start[i]), int(run_end[i])) for i in long_runs]
 
 
+class _Typed:
+    """A bool or float group value that stays apart from the int it equals in Python.
+
+    ``1 == 1.0 == True`` share a dict slot, but routing hashes their JSON forms (``1``, ``1.0``,
+    ``true``) to different key groups; windows must keep them apart too, or one detector and
+    a sharded pipeline would disagree.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool | float) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is _Typed
+            and type(other.value) is type(self.value)
+            and other.value == self.value
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self.value), self.value))
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
 def _key(raw: list[Any]) -> tuple[Any, ...]:
-    return tuple(raw)
+    return tuple(_Typed(v) if type(v) is bool or type(v) is float else v for v in raw)
+
+
+def _plain(key: tuple[Any, ...]) -> list[Any]:
+    return [v.value if type(v) is _Typed else v for v in key]
 
 
 def _alert_state(alert: Alert) -> dict[str, Any]:

@@ -100,6 +100,12 @@ class RejectReason(StrEnum):
     LATE = "late"
     """Older than its tenant's watermark: counted and dead-lettered by the pipeline, so it can
     be inspected or replayed; the decoder itself never gives this reason."""
+    UNSIGNED = "unsigned"
+    """No ``signature``, from a tenant whose integrity policy is ``require``
+    (:mod:`rayworker.integrity`); the decoder itself never gives this reason."""
+    UNVERIFIABLE = "unverifiable"
+    """Signed, but the signature cannot be checked under the tenant's ``require`` policy: no
+    HMAC key is configured for the tenant, or the ``algorithm`` is not HMAC-SHA256."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -401,6 +401,11 @@ _SIMPLE_COUNTERS: Final[tuple[tuple[str, str, str], ...]] = (
     ("alerts", "alerts_total", "Alerts created (updates of an open alert not counted)."),
     ("alert_updates", "alert_updates_total", "Updates of already open alerts."),
     ("state_capped", "state_capped_total", "Times per-key window state hit its cap."),
+    (
+        "integrity_violations",
+        "integrity_violations_total",
+        "Events whose hash or signature failed integrity verification.",
+    ),
 )
 
 

@@ -24,21 +24,32 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from rayworker.alerts import Alert
 from rayworker.clock import Clock, SystemClock, now_us
 from rayworker.detect import (
     PRIMARY_BIT,
     DetectorConfig,
     LateEvent,
     MetricDeltas,
+    OffHoursScreen,
     group_column,
     group_signatures,
+    integrity_monitor,
     rule_signature,
     screen_batch,
 )
 from rayworker.errors import StateError
 from rayworker.events import EventBatch, EventDecoder, Rejection
+from rayworker.integrity import IntegrityConfig
 from rayworker.routing import Assignment, key_groups
-from rayworker.rules import Predicate, RulePack, SequenceRule, compile_filter, compile_steps
+from rayworker.rules import (
+    Overrides,
+    Predicate,
+    RulePack,
+    SequenceRule,
+    compile_filter,
+    compile_steps,
+)
 
 __all__ = ["Partition", "Partitioner", "ShardBatch"]
 
@@ -116,6 +127,18 @@ class Partition:
     """Events that were neither rejected nor late."""
     tenants: list[str]
     """The tenant of each usable event, in order (for latency accounting)."""
+    alerts: list[Alert] = field(default_factory=list)
+    """Integrity alerts (:mod:`rayworker.integrity`) created or changed by this batch: raised
+    here, once, because only the router verifies events; persist them with the batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleScreen:
+    """What one rule could count: its filter, a step (sequences), off hours (time_of_day)."""
+
+    predicate: Predicate
+    steps: tuple[Predicate, ...]
+    hours: OffHoursScreen | None
 
 
 class Partitioner:
@@ -127,6 +150,9 @@ class Partitioner:
         assignment: Assignment,
         config: DetectorConfig | None = None,
         clock: Clock | None = None,
+        overrides: Overrides | None = None,
+        *,
+        integrity: IntegrityConfig | None = None,
     ) -> None:
         self.pack = pack
         self.assignment = assignment
@@ -135,20 +161,27 @@ class Partitioner:
         self.signatures = group_signatures(pack)
         # Per signature, the filters of its rules: an event no rule of a signature could
         # count need not travel to that signature's shard at all.
-        # A sequence rule counts an event only if it also matches one of its steps.
-        self._filters: list[list[tuple[Predicate, tuple[Predicate, ...]]]] = [
-            [] for _ in self.signatures
-        ]
+        # A sequence rule counts an event only if it also matches one of its steps, and a
+        # time_of_day rule only if it falls outside the tenant's business hours.
+        self._filters: list[list[_RuleScreen]] = [[] for _ in self.signatures]
+        effective = overrides if overrides is not None else Overrides.empty()
         for rule in pack.rules:
             steps = compile_steps(rule) if isinstance(rule, SequenceRule) else ()
+            hours = (
+                OffHoursScreen(rule, effective, self.config) if rule.kind == "time_of_day" else None
+            )
             signature = self.signatures.index(rule_signature(rule))
-            self._filters[signature].append((compile_filter(rule.filter), steps))
+            self._filters[signature].append(_RuleScreen(compile_filter(rule.filter), steps, hours))
         fields: set[str] = set()
         for rule in pack.rules:
             fields |= set(rule.fields())
         self.decoder = EventDecoder(fields, naive_timestamps=self.config.naive_timestamps)
         self._max_seen: dict[str, int] = {}
+        self.integrity = integrity_monitor(integrity, self.config, pack)
         self._owner = np.asarray(assignment.owner, dtype=np.int64)
+        self.load = np.zeros(assignment.groups, dtype=np.int64)
+        """Event copies routed to each key group so far: the input of a load-aware plan
+        (:meth:`~rayworker.routing.Assignment.balance_load`)."""
 
     def split_lines(self, lines: Sequence[bytes], *, start_index: int = 0) -> Partition:
         """Decode, screen and split raw JSON lines."""
@@ -166,10 +199,11 @@ class Partitioner:
             config=self.config,
             now_us=now_us(self.clock),
             max_seen=self._max_seen,
+            integrity=self.integrity,
         )
         keep = np.flatnonzero(usable)
         partition = Partition(
-            {}, screened.rejections, screened.late, screened.metrics, len(keep), []
+            {}, screened.rejections, screened.late, screened.metrics, len(keep), [], screened.alerts
         )
         if len(keep) == 0:
             return partition
@@ -192,6 +226,7 @@ class Partitioner:
                 picked_tenants = [tenants[i] for i in at]
             groups = key_groups(picked_tenants, columns, groups=self.assignment.groups)
             shard_of_event[s, rows] = self._owner[groups]
+            self.load += np.bincount(groups, minlength=self.assignment.groups)
         # Each routed event's lowest signature marks its one primary shard (which alone
         # counts it as a duplicate, if it is one).
         routed = shard_of_event >= 0
@@ -214,13 +249,19 @@ class Partitioner:
     def _wanted(self, signature: int, batch: EventBatch) -> npt.NDArray[np.bool_]:
         """Which events some rule of the signature could count (its filter, and a step)."""
         wanted = np.zeros(len(batch), dtype=np.bool_)
-        for predicate, steps in self._filters[signature]:
-            mask = predicate.mask(batch)
-            if steps:
+        for screen in self._filters[signature]:
+            mask = screen.predicate.mask(batch)
+            if screen.steps:
                 in_a_step = np.zeros(len(batch), dtype=np.bool_)
-                for step in steps:
+                for step in screen.steps:
                     in_a_step |= step.mask(batch)
                 mask &= in_a_step
+            if screen.hours is not None:
+                # Only events no other rule already wants need the per-tenant hours lookup.
+                index = np.flatnonzero(mask & ~wanted)
+                mask = np.zeros(len(batch), dtype=np.bool_)
+                if len(index):
+                    mask[index] = screen.hours(batch, index)
             wanted |= mask
         return wanted
 
@@ -233,6 +274,7 @@ class Partitioner:
         return {
             "format": _SNAPSHOT_FORMAT,
             "max_seen": dict(self._max_seen),
+            "integrity": self.integrity.snapshot() if self.integrity is not None else [],
             "assignment": self.assignment.to_json(),
         }
 
@@ -242,5 +284,7 @@ class Partitioner:
             msg = f"not a partitioner snapshot (missing format {_SNAPSHOT_FORMAT!r})"
             raise StateError(msg)
         self._max_seen = {str(k): int(v) for k, v in snapshot["max_seen"].items()}
+        if self.integrity is not None:
+            self.integrity.restore(snapshot.get("integrity", []))
         self.assignment = Assignment.from_json(snapshot["assignment"])
         self._owner = np.asarray(self.assignment.owner, dtype=np.int64)

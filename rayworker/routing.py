@@ -207,6 +207,59 @@ class Assignment:
                 owner[spare.pop()] = shard
         return Assignment(self.groups, tuple(owner), self.version + 1)
 
+    def balance_load(
+        self, loads: Sequence[float] | npt.NDArray[np.number[Any]], *, tolerance: float = 1.05
+    ) -> Assignment:
+        """Move key groups off the busiest shards until none carries more than ``tolerance``
+        times the mean load, moving one group at a time and as few as it can.
+
+        ``loads[g]`` is key group ``g``'s measured load (e.g. events routed to it per
+        signature, from :attr:`~rayworker.partition.Partitioner.load`). Each step moves, from
+        the busiest shard to the idlest, the group that brings the two closest to even; it
+        stops when the target is met or no single move lowers the busiest shard. Count-based
+        :meth:`rebalance` spreads groups evenly; this spreads work evenly when tenants are
+        skewed (a Zipf-hot tenant's tenant-only key is one heavy group). The shards stay the
+        ones that own groups now; the version grows by one if anything moved.
+        """
+        weights = np.asarray(loads, dtype=np.float64)
+        if (
+            weights.shape != (self.groups,)
+            or not np.all(np.isfinite(weights))
+            or (weights.size and weights.min() < 0)
+        ):
+            msg = (
+                f"loads: got {weights.shape[0] if weights.ndim == 1 else weights.shape} "
+                f"values; give one finite load >= 0 per key group ({self.groups})"
+            )
+            raise ValueError(msg)
+        if not tolerance >= 1.0:
+            msg = f"tolerance: got {tolerance!r}; use a max/mean ratio >= 1.0, e.g. 1.05"
+            raise ValueError(msg)
+        shards = list(self.shards)
+        owner = np.asarray(self.owner, dtype=np.int64)
+        per_shard = {s: float(weights[owner == s].sum()) for s in shards}
+        mean = sum(per_shard.values()) / len(shards)
+        moved = False
+        for _ in range(self.groups):
+            hot = max(shards, key=lambda s: (per_shard[s], -s))
+            cold = min(shards, key=lambda s: (per_shard[s], s))
+            gap = per_shard[hot] - per_shard[cold]
+            if per_shard[hot] <= tolerance * mean or gap <= 0:
+                break
+            # A group of weight w moved hot -> cold helps iff 0 < w < gap, and evens the two
+            # best at w = gap / 2. Ties go to the lowest group id, so plans are reproducible.
+            movable = np.flatnonzero((owner == hot) & (weights > 0) & (weights < gap))
+            if len(movable) == 0:
+                break
+            best = int(movable[np.argmin(np.abs(weights[movable] - gap / 2))])
+            owner[best] = cold
+            per_shard[hot] -= float(weights[best])
+            per_shard[cold] += float(weights[best])
+            moved = True
+        if not moved:
+            return self
+        return Assignment(self.groups, tuple(owner.tolist()), self.version + 1)
+
     def moves(self, other: Assignment) -> dict[int, tuple[int, int]]:
         """The key groups whose owner differs in ``other``: ``group -> (from, to)``."""
         if other.groups != self.groups:

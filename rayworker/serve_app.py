@@ -6,7 +6,9 @@ Routes (all ``GET``)::
     /healthz              liveness: 200 {"status": "OK"} while the replica runs
     /readyz               every component (HealthReport JSON); 200 OK/WARNING, 503 CRITICAL
     /health/{component}   one component; 404 {"error": "Component not found", ...} if unknown
-    /metrics              Prometheus text 0.0.4: overall counters, latency histogram, health
+    /metrics              Prometheus text 0.0.4: overall and per-tenant counters, latency
+                          histograms, health, router/shard/consumer-lag gauges
+                          (:mod:`rayworker.telemetry.exposition`)
 
 Components (only those the settings use are checked)::
 
@@ -43,6 +45,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import ray
 import redis.asyncio as aioredis
+from opentelemetry.trace import SpanKind
 from pydantic.warnings import PydanticDeprecatedSince20
 from redis.exceptions import ResponseError
 from starlette.requests import Request
@@ -68,6 +71,10 @@ from rayworker.pipeline.runtime import connect_ray
 from rayworker.settings import Settings, redact_dsn
 from rayworker.sinks.factory import metrics_store, sqlite_path
 from rayworker.sinks.metrics_store import MetricsSnapshot
+from rayworker.telemetry.exposition import render_pipeline
+from rayworker.telemetry.propagation import context_of
+from rayworker.telemetry.setup import setup_process
+from rayworker.telemetry.spans import tracer
 
 with warnings.catch_warnings():
     # Ray 2.60's Serve config passes Field(update_type=...), which pydantic 2 deprecates at
@@ -107,6 +114,14 @@ METRICS_ACTOR: Final = "rayworker-metrics"
 """The named in-memory metrics actor (``async snapshot(tenant) -> dict``)."""
 
 _NOT_CONNECTED: Final = "not connected to Ray"
+_ROUTES: Final = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _route(path: str) -> str:
+    """The route a path matched, for span names (a path's variable part stays out)."""
+    if path in _ROUTES:
+        return path
+    return "/health/{component}" if path.startswith("/health/") else "(unmatched)"
 
 
 # --------------------------------------------------------------------------- secrets
@@ -364,6 +379,26 @@ async def fetch_snapshot(settings: Settings, tenant: str | None = None) -> Metri
     return snapshot_from_json(data)
 
 
+async def fetch_snapshots(settings: Settings) -> dict[str | None, MetricsSnapshot] | str:
+    """Overall (None) and per-tenant snapshots, or why there are none."""
+    if settings.metrics_backend == "redis":
+        store = metrics_store(settings)
+        try:
+            return await store.snapshots()
+        except Exception as exc:  # noqa: BLE001 - re-raised, scrubbed of secrets
+            raise _scrubbed(settings, exc) from None
+        finally:
+            await store.close()
+    if not ray.is_initialized():
+        return _NOT_CONNECTED
+    actor = await _actor(METRICS_ACTOR, settings.ray_namespace)
+    if actor is None:
+        return "metrics not available"
+    async with asyncio.timeout(settings.health.check_timeout_s):
+        pairs = await actor.snapshots.remote()
+    return {scope: snapshot_from_json(data) for scope, data in pairs}
+
+
 async def probe_processing(settings: Settings) -> ComponentHealth:
     """Error rate and p99 latency of everything processed so far (WARNING if unknown)."""
     snapshot = await fetch_snapshot(settings)
@@ -403,15 +438,15 @@ async def collect(
 
 
 async def metrics_text(settings: Settings, report: HealthReport | None) -> str:
-    """The Prometheus exposition: overall metrics (when available) and the health gauges."""
+    """The Prometheus exposition: overall and per-tenant metrics (when available) and the
+    health gauges."""
     try:
-        snapshot = await fetch_snapshot(settings)
+        found = await fetch_snapshots(settings)
     except (ProbeError, TimeoutError):
-        snapshot = "metrics store unreachable"
-    snapshots: dict[str | None, MetricsSnapshot] = {}
-    if not isinstance(snapshot, str):
-        snapshots[None] = snapshot
-    return render_prometheus(report, snapshots, prefix=settings.metrics_prefix)
+        found = "metrics store unreachable"
+    snapshots = {} if isinstance(found, str) else found
+    text = render_prometheus(report, snapshots, prefix=settings.metrics_prefix)
+    return text + render_pipeline(report, prefix=settings.metrics_prefix)
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -427,9 +462,24 @@ class HealthEndpoints:
         self._attempts = attempts
         self._retry_delay_s = retry_delay_s
         self._probes = build_probes(settings)
+        self._tracing = setup_process(settings.telemetry, component="serve")
 
     async def __call__(self, request: Request) -> Response:
         """Route one request (Serve calls this for every HTTP request to the app)."""
+        if not self._tracing:
+            return await self._handle(request)
+        path = request.url.path.rstrip("/") or "/"
+        with tracer().start_as_current_span(
+            f"{request.method} {_route(path)}",
+            context=context_of(dict(request.headers)),
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": path},
+        ) as span:
+            response = await self._handle(request)
+            span.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _handle(self, request: Request) -> Response:
         if request.method not in {"GET", "HEAD"}:
             return JSONResponse({"error": "Method not allowed"}, status_code=405)
         path = request.url.path.rstrip("/") or "/"

@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -31,8 +32,17 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rayworker.errors import ConfigError
+from rayworker.integrity import IntegrityConfig, Policy
 
-__all__ = ["ENV_PREFIX", "HealthThresholds", "Settings", "load_settings", "redact_dsn"]
+__all__ = [
+    "ENV_PREFIX",
+    "HealthThresholds",
+    "IntegritySettings",
+    "Settings",
+    "TelemetrySettings",
+    "load_settings",
+    "redact_dsn",
+]
 
 ENV_PREFIX = "RAYWORKER_"
 _ALERT_SCHEMES = ("postgresql", "postgres", "sqlite")
@@ -66,6 +76,139 @@ class HealthThresholds(BaseModel):
         return self
 
 
+class IntegritySettings(BaseModel):
+    """Event integrity verification (:mod:`rayworker.integrity`): per-tenant policies and keys.
+
+    Keys are the producers' HMAC secrets, as :class:`~pydantic.SecretStr`: never printed. They
+    come from ``keys`` (e.g. ``RAYWORKER_INTEGRITY__KEYS='{"org-1": "..."}'``) and/or
+    ``keys_file``, a YAML/JSON/TOML mapping of tenant to key (e.g. a mounted secret).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = Field(
+        Policy.OFF,
+        description="every tenant's policy unless `tenants` names it: "
+        "off, verify-if-present or require",
+    )
+    tenants: dict[str, Policy] = Field(default_factory=dict, description="per-tenant policy")
+    keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="per-tenant HMAC key (the producer's secret)"
+    )
+    keys_file: Path | None = Field(
+        None, description="YAML, JSON or TOML file mapping tenant to HMAC key; merged with keys"
+    )
+    _file_keys: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IntegritySettings:
+        for tenant, key in self.keys.items():
+            if not tenant or not key.get_secret_value():
+                msg = f"the key of tenant {tenant!r} is empty; give each tenant a non-empty key"
+                raise ValueError(msg)
+        if self.keys_file is not None:
+            self._file_keys = _read_keys_file(self.keys_file)
+            for tenant, key in self._file_keys.items():
+                mine = self.keys.get(tenant)
+                if mine is not None and mine.get_secret_value() != key.get_secret_value():
+                    msg = (
+                        f"tenant {tenant!r} has one key in keys and another in {self.keys_file}; "
+                        "keep one of them"
+                    )
+                    raise ValueError(msg)
+        try:
+            self.config()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def config(self) -> IntegrityConfig:
+        """The pure configuration the detector and the router take (keys as bytes)."""
+        keys = {**self._file_keys, **self.keys}
+        return IntegrityConfig(
+            default=self.policy,
+            policies=dict(self.tenants),
+            keys={t: k.get_secret_value().encode() for t, k in keys.items()},
+        )
+
+
+class TelemetrySettings(BaseModel):
+    """Traces, Ray metrics and logs (:mod:`rayworker.telemetry`), set up by each entry point.
+
+    Tracing is off (``exporter: none``) unless asked for. ``otlp_headers`` carry credentials
+    (e.g. ``{"authorization": "Bearer ..."}``), so they are :class:`~pydantic.SecretStr`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exporter: Literal["none", "console", "otlp"] = Field(
+        "none", description="where spans go: none (tracing off), console (stdout) or otlp"
+    )
+    otlp_protocol: Literal["http", "grpc"] = Field(
+        "http", description="OTLP over HTTP/protobuf (port 4318) or gRPC (port 4317)"
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="collector URL, e.g. http://otel-collector:4318/v1/traces (http) or "
+        "http://otel-collector:4317 (grpc); unset: the OTEL_EXPORTER_OTLP_* environment",
+    )
+    otlp_headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="headers sent with every export (credentials)"
+    )
+    otlp_timeout_s: float = Field(10.0, gt=0, le=300, description="one export's time limit")
+    sample_ratio: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="share of new traces kept; a continued trace follows "
+        "its parent's decision, so a trace is kept or dropped whole",
+    )
+    service_name: str = Field("rayworker", min_length=1, max_length=128)
+    resource_attributes: dict[str, str] = Field(
+        default_factory=dict, description="extra resource attributes, e.g. deployment.environment"
+    )
+    max_links: int = Field(
+        128, ge=0, le=10_000, description="span links per batch span (sampled events' contexts)"
+    )
+    record_payload: bool = Field(
+        default=False,
+        description="allow event-derived values (principal, IP, group values) in span "
+        "attributes; off by default because they are personal data",
+    )
+    log_format: Literal["json", "text"] = Field("json", description="log line format")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            msg = f"got {value!r}; use an http:// or https:// URL of an OTLP collector"
+            raise ValueError(msg)
+        return value
+
+
+def _read_keys_file(path: Path) -> dict[str, SecretStr]:
+    """Tenant -> key from a YAML, JSON or TOML file; errors name the file, never a key."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        msg = f"cannot read the integrity keys file {path}: {exc.strerror}; fix keys_file"
+        raise ValueError(msg) from None
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError):
+        # The parser's message may quote a line of the file, i.e. a key: leave it out.
+        kind = "TOML" if path.suffix == ".toml" else "YAML/JSON"
+        msg = f"the integrity keys file {path} is not valid {kind}"
+        raise ValueError(msg) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(t, str) and t and isinstance(k, str) and k for t, k in data.items()
+    ):
+        msg = f"the integrity keys file {path} must map each tenant id to a non-empty key string"
+        raise ValueError(msg)
+    return {t: SecretStr(k) for t, k in data.items()}
+
+
 class Settings(BaseSettings):
     """Everything ``rayworker run`` and ``rayworker demo`` read at start-up."""
 
@@ -85,6 +228,9 @@ class Settings(BaseSettings):
     ray_namespace: str = "rayworker"
     shards: int = Field(2, ge=1, le=4096, description="detector shard actors")
     key_groups: int = Field(256, ge=1, le=65_536, description="fixed at cluster creation")
+    assignment_path: Path | None = Field(
+        None, description="load-aware key-group plan from `rayworker shards plan`"
+    )
     flush_events: int = Field(2000, ge=1, description="router flushes a shard buffer at this size")
     linger_ms: float = Field(20.0, ge=0, description="...or when its oldest event waited this long")
     max_inflight: int = Field(4, ge=1, description="unanswered batches per shard (back-pressure)")
@@ -99,6 +245,9 @@ class Settings(BaseSettings):
 
     # --- sinks -------------------------------------------------------------------------
     alerts_dsn: SecretStr = SecretStr("sqlite:///rayworker-alerts.db")
+    notify_path: Path | None = Field(
+        None, description="notification routes, receivers and delivery (YAML/JSON); unset: off"
+    )
     metrics_url: SecretStr = SecretStr("memory://")
     metrics_prefix: str = Field("rayworker", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     metrics_series_ttl_s: int = Field(7 * 86_400, gt=0)
@@ -119,6 +268,12 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8000, ge=1, le=65_535)
     health: HealthThresholds = Field(default_factory=HealthThresholds)
+
+    # --- integrity ---------------------------------------------------------------------
+    integrity: IntegritySettings = Field(default_factory=IntegritySettings)
+
+    # --- telemetry ---------------------------------------------------------------------
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @field_validator("alerts_dsn")
     @classmethod

@@ -5,6 +5,10 @@ Producers write audit events in one of two entry shapes; the consumer accepts bo
     XADD {stream} * event  <one JSON event>                   one event per entry
     XADD {stream} * events <JSON lines joined by "\\n">        a batch per entry (JSONL)
 
+Either shape may add the producer's W3C trace context, ``traceparent`` (and ``tracestate``),
+which the pipeline continues (:mod:`rayworker.telemetry`); it applies to every event of the
+entry.
+
 A batch costs one entry id, one pending-list slot and one XACK slot for many events, which is
 where most of the per-event cost of Redis Streams goes (``bench/bench_streams.py`` measures
 both shapes). The unit of delivery and acknowledgement is the *entry*: ack an entry only once
@@ -64,6 +68,8 @@ BAD_ENTRY: Final = "bad_entry"
 
 _EVENT: Final = b"event"
 _EVENTS: Final = b"events"
+_TRACEPARENT: Final = b"traceparent"
+_TRACESTATE: Final = b"tracestate"
 # XACK takes any number of ids, but one huge command blocks the server while it runs and
 # needs one huge buffer; 10k ids keep each command short while still sending one round trip.
 _ACK_CHUNK: Final = 10_000
@@ -89,6 +95,10 @@ class StreamEntry:
 
     entry_id: str
     lines: list[bytes]
+    traceparent: str | None = None
+    """The producer's W3C trace context (field ``traceparent``), which the pipeline continues."""
+    tracestate: str | None = None
+    """The producer's W3C ``tracestate`` field, passed on with ``traceparent``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +112,10 @@ class StreamLag:
     entries were deleted from the middle of the stream)."""
 
     @property
-    def total(self) -> int:
-        """Pending plus undelivered (undelivered counts as 0 when unknown)."""
-        return self.pending + (self.undelivered or 0)
+    def total(self) -> int | None:
+        """Pending plus undelivered; None when the undelivered count is unknown, because a
+        lower bound passed off as the lag would hide a consumer that is falling behind."""
+        return None if self.undelivered is None else self.pending + self.undelivered
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,19 +187,30 @@ def _bad_entry(
     )
 
 
+def _trace_fields(fields: Mapping[bytes, bytes]) -> tuple[str | None, str | None]:
+    parent = fields.get(_TRACEPARENT)
+    if parent is None:
+        return None, None
+    state = fields.get(_TRACESTATE)
+    return (
+        parent.decode("ascii", "replace"),
+        None if state is None else state.decode("ascii", "replace"),
+    )
+
+
 def _decode_entry(entry_id: str, fields: Mapping[bytes, bytes]) -> StreamEntry | _DeadLetter:
     event = fields.get(_EVENT)
     events = fields.get(_EVENTS)
     if event is not None and events is None:
         if event.strip():
-            return StreamEntry(entry_id, [event])
+            return StreamEntry(entry_id, [event], *_trace_fields(fields))
         return _bad_entry(entry_id, fields, "has an empty 'event' field", "event")
     if events is not None and event is None:
         # Blank lines are not events (as in decode_lines); dropping them here keeps an
         # entry's line count equal to its event count.
         lines = [line for line in events.split(b"\n") if line.strip()]
         if lines:
-            return StreamEntry(entry_id, lines)
+            return StreamEntry(entry_id, lines, *_trace_fields(fields))
         return _bad_entry(entry_id, fields, "has an 'events' field with no lines", "events")
     if event is not None:
         return _bad_entry(entry_id, fields, "has both 'event' and 'events' fields", "events")
@@ -292,6 +314,11 @@ class StreamConsumer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    @property
+    def group(self) -> str:
+        """The consumer group this consumer reads in."""
+        return self._group
 
     @property
     def stream(self) -> str:

@@ -6,34 +6,59 @@ source -> (Serve, started by the caller). :meth:`Pipeline.pump` feeds batches fr
 to the router, dead-letters what the router rejects, and acknowledges a source batch only
 once the router reports it done (every alert it produced persisted). Stopping drains the
 router first, so nothing in flight is lost.
+
+Each process sets up its own telemetry (:func:`rayworker.telemetry.setup_process`): this
+driver in :meth:`Pipeline.start`, the actors and sink workers when they start. With tracing
+on, :meth:`Pipeline.pump` wraps each source batch in a ``rayworker.ingest`` span (continuing
+the producers' trace, see :mod:`rayworker.telemetry.traced`) and each acknowledgement in a
+``rayworker.ack`` span; :meth:`Pipeline.flush_telemetry` exports every process's spans before
+:meth:`Pipeline.stop`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from opentelemetry.trace import SpanKind
 
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
 from rayworker.errors import ConfigError, SinkError
 from rayworker.events import Rejection
+from rayworker.notify.config import load_notify_config
+from rayworker.pipeline.notifier import start_notifier
 from rayworker.pipeline.router import ROUTER_NAME, Receipt, start_router
 from rayworker.pipeline.runtime import connect_ray
 from rayworker.pipeline.shard import shard_actor
-from rayworker.pipeline.sinks import METRICS_ACTOR, MetricsActor, persist_alerts, record_metrics
+from rayworker.pipeline.sinks import (
+    METRICS_ACTOR,
+    MetricsActor,
+    flush_sink_telemetry,
+    persist_alerts,
+    record_metrics,
+)
 from rayworker.routing import Assignment
 from rayworker.rules import Overrides, RulePack, builtin_pack, load_overrides, load_rules
 from rayworker.settings import Settings
+from rayworker.shard_plan import read_assignment
 from rayworker.sinks.factory import metrics_store, open_alert_store
+from rayworker.telemetry.propagation import Carrier, carrier_of, context_of
+from rayworker.telemetry.setup import flush_tracing, setup_process, tracing_enabled
+from rayworker.telemetry.spans import links, tracer
+from rayworker.telemetry.traced import choose_parent, event_ids, sampled_lines
 
 __all__ = ["Batch", "Pipeline", "PumpStats", "detector_config", "load_pack"]
 
 _SINK_WORKERS = 2
 """Sink task workers started before the first event (each holds its own store)."""
+_FLUSH_TIMEOUT_S = 10.0
+_NOTIFY_DRAIN_S = 10.0
+"""How long a stop waits for notifications still being delivered."""
 
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
 DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
@@ -45,6 +70,8 @@ class Batch:
 
     lines: list[bytes]
     token: Any = None
+    traces: list[tuple[int, Carrier]] = field(default_factory=list)
+    """(line index, producer's trace context) of the lines that came with one."""
 
 
 @dataclass(slots=True)
@@ -90,11 +117,23 @@ class Pipeline:
         self.settings = settings
         self.pack, self.overrides = load_pack(settings)
         self.config = detector_config(settings)
-        self.assignment = Assignment.balanced(settings.shards, groups=settings.key_groups)
+        self.assignment = (
+            read_assignment(
+                settings.assignment_path, shards=settings.shards, groups=settings.key_groups
+            )
+            if settings.assignment_path is not None
+            else Assignment.balanced(settings.shards, groups=settings.key_groups)
+        )
         self.shards: dict[int, Any] = {}
         self.router: Any = None
         self.metrics_actor: Any = None
+        self.notifier: Any = None
+        # Read now: a bad notification file fails before any actor starts.
+        self.notify_config = (
+            load_notify_config(settings.notify_path) if settings.notify_path is not None else None
+        )
         self.address = ""
+        self.tracing = tracing_enabled(settings.telemetry)
 
     async def start(self, *, migrate: bool = False) -> None:
         """Check the stores, then start the actors; raises with a fix on any failure."""
@@ -109,6 +148,11 @@ class Pipeline:
         finally:
             await metrics.close()
         self.address = connect_ray(self.settings.ray_address, namespace=self.settings.ray_namespace)
+        self.tracing = setup_process(
+            self.settings.telemetry,
+            component="driver",
+            node=ray.get_runtime_context().get_node_id(),
+        )
         self._refuse_if_running()
         ns = self.settings.ray_namespace
         if self.settings.metrics_backend == "memory":
@@ -125,12 +169,16 @@ class Pipeline:
                 self.config,
                 num_cpus=self.settings.shard_cpus,
                 namespace=ns,
+                telemetry=self.settings.telemetry,
             )
             for s in range(self.settings.shards)
         }
         await asyncio.gather(*(h.ping.remote() for h in self.shards.values()))
+        if self.notify_config is not None:
+            self.notifier = start_notifier(self.settings, self.notify_config)
+            await self.notifier.ready.remote()
         self.router = start_router(
-            self.settings, self.pack, self.config, self.assignment, self.shards
+            self.settings, self.pack, self.config, self.assignment, self.shards, self.overrides
         )
         await self.router.stats.remote()
         await self._warm_sinks()
@@ -179,21 +227,33 @@ class Pipeline:
         """
         stats = PumpStats()
         tokens: dict[int, Any] = {}
+        traces: dict[int, Carrier] = {}
 
         async def settle() -> None:
             done, failed = await self.router.completed.remote()
+            acked = [t for t in done if tokens.get(t) is not None]
             acks = [tokens.pop(t) for t in done if t in tokens]
             acks = [a for a in acks if a is not None]
             for t in failed:
                 tokens.pop(t, None)
+                traces.pop(t, None)
             stats.failed += len(failed)
+            carriers = [c for t in done if (c := traces.pop(t, None)) is not None]
             if acks and ack is not None:
-                await ack(acks)
+                if carriers:
+                    await self._traced_ack(ack, acks, acked, carriers)
+                else:
+                    await ack(acks)
                 stats.acked += len(acks)
 
         async for batch in batches:
             if batch.lines:
-                receipt: Receipt = await self.router.submit.remote(batch.lines)
+                if self.tracing:
+                    receipt, carrier = await self._traced_submit(batch)
+                    if carrier is not None:
+                        traces[receipt.ticket] = carrier
+                else:
+                    receipt = await self.router.submit.remote(batch.lines)
                 stats.events += len(batch.lines)
                 stats.accepted += receipt.accepted
                 stats.rejected += len(receipt.rejections)
@@ -214,6 +274,45 @@ class Pipeline:
         stats.elapsed_s = time.perf_counter() - stats.started
         return stats
 
+    async def _traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]:
+        """Submit inside a ``rayworker.ingest`` span that continues the producers' trace."""
+        parent, linked = choose_parent([c for _, c in batch.traces])
+        limit = self.settings.telemetry.max_links
+        traced: dict[str, Carrier] = {}
+        if batch.traces:
+            carriers = sampled_lines(batch.traces)
+            ids = event_ids(batch.lines, carriers)
+            traced = {event_id: carriers[i] for i, event_id in ids.items()}
+        with tracer().start_as_current_span(
+            "rayworker.ingest",
+            context=context_of(parent),
+            kind=SpanKind.CONSUMER,
+            links=links(linked, limit),
+            attributes={
+                "messaging.system": "redis" if batch.token is not None else "rayworker",
+                "messaging.batch.message_count": len(batch.lines),
+                "rayworker.traced_events": len(batch.traces),
+            },
+        ) as span:
+            carrier = carrier_of()
+            receipt: Receipt = await self.router.submit.remote(batch.lines, carrier, traced)
+            span.set_attribute("rayworker.ticket", receipt.ticket)
+            span.set_attribute("rayworker.rejected", len(receipt.rejections))
+            span.set_attribute("rayworker.late", len(receipt.late))
+        return receipt, carrier
+
+    async def _traced_ack(
+        self, ack: Ack, acks: list[Any], tickets: list[int], carriers: list[Carrier]
+    ) -> None:
+        """Acknowledge inside a ``rayworker.ack`` span of the first finished batch's trace."""
+        with tracer().start_as_current_span(
+            "rayworker.ack",
+            context=context_of(carriers[0]),
+            links=links(carriers[1:], self.settings.telemetry.max_links),
+            attributes={"rayworker.tickets": len(tickets), "rayworker.tokens": len(acks)},
+        ):
+            await ack(acks)
+
     async def shard_stats(self) -> list[dict[str, Any]]:
         """Each shard's counters."""
         result: list[dict[str, Any]] = await asyncio.gather(
@@ -221,11 +320,29 @@ class Pipeline:
         )
         return result
 
+    async def flush_telemetry(self) -> None:
+        """Export every process's finished spans now (a killed actor cannot flush its own)."""
+        if not self.tracing:
+            return
+        actors = [h for h in [self.router, *self.shards.values()] if h is not None]
+        calls = [h.flush_telemetry.remote() for h in actors]
+        calls += [flush_sink_telemetry.remote(self.settings) for _ in range(_SINK_WORKERS * 2)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls), _FLUSH_TIMEOUT_S)
+        except (TimeoutError, ray.exceptions.RayError):
+            logging.getLogger(__name__).warning("some spans could not be flushed before stopping")
+        flush_tracing()
+
     def stop(self) -> None:
-        """Stop the actors (after :meth:`pump` has drained)."""
-        for handle in [self.router, *self.shards.values(), self.metrics_actor]:
+        """Stop the actors (after :meth:`pump` has drained; call :meth:`flush_telemetry` first
+        to keep their last spans)."""
+        if self.notifier is not None:
+            # Flush every group and deliver what can be delivered; the rest is dead-lettered.
+            ray.get(self.notifier.drain.remote(_NOTIFY_DRAIN_S), timeout=_NOTIFY_DRAIN_S + 10)
+        for handle in [self.router, *self.shards.values(), self.metrics_actor, self.notifier]:
             if handle is not None:
                 ray.kill(handle)
         self.router = None
         self.shards = {}
         self.metrics_actor = None
+        self.notifier = None

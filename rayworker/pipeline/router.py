@@ -16,11 +16,18 @@ Flow of one *ticket* (one batch handed to :meth:`Router.submit`, e.g. one XREADG
    ticket is answered and persisted, the ticket is *done* and the caller may acknowledge its
    stream entries (:meth:`completed`). A ticket with a failed part is reported as *failed*
    and must not be acknowledged, so its entries are delivered again.
+
+Tracing (:mod:`rayworker.telemetry`): a traced ticket comes with the context of the caller's
+``rayworker.ingest`` span; its ``route`` span is a child of it (``validate`` of ``route``), and a
+flushed batch carries the context of its first ticket's ``route`` span (links to the others,
+and the producers' contexts of its traced events) to the shard, whose ``detect`` context in
+turn goes with the alerts to the ``persist_alerts`` task. Untraced tickets cost nothing extra.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -28,19 +35,28 @@ from typing import Any
 
 import ray
 
+from rayworker.alerts import Alert
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
 from rayworker.events import Rejection
 from rayworker.health import Status, worst
 from rayworker.partition import Partitioner, ShardBatch
+from rayworker.pipeline.notifier import notifier_handle
 from rayworker.pipeline.shard import ShardOutput
 from rayworker.pipeline.sinks import METRICS_ACTOR, persist_alerts, record_error, record_metrics
 from rayworker.routing import Assignment
-from rayworker.rules import RulePack
+from rayworker.rules import Overrides, RulePack
 from rayworker.settings import Settings
+from rayworker.sinks.histogram import LatencyHistogram
+from rayworker.telemetry.propagation import Carrier, carrier_of, context_of
+from rayworker.telemetry.ray_metrics import PipelineMetrics
+from rayworker.telemetry.setup import flush_tracing, setup_process
+from rayworker.telemetry.spans import tracer
+from rayworker.telemetry.traced import BatchTrace
 
 __all__ = ["ROUTER_NAME", "Receipt", "Router"]
 
 ROUTER_NAME = "rayworker-router"
+_log = logging.getLogger("rayworker.router")
 _METRICS_EVERY_S = 1.0
 _PING_TIMEOUT_S = 2.0
 
@@ -67,6 +83,7 @@ class _Ticket:
 class _Outgoing:
     batch: ShardBatch
     tickets: list[int]
+    trace: BatchTrace | None = None
 
 
 @dataclass(slots=True)
@@ -75,6 +92,9 @@ class _Buffer:
     tickets: list[int] = field(default_factory=list)
     events: int = 0
     oldest: float = 0.0
+    traces: list[Carrier] = field(default_factory=list)
+    """The route-span context of each traced ticket in the buffer."""
+    traced_events: dict[str, Carrier] = field(default_factory=dict)
 
 
 class Router:
@@ -87,9 +107,16 @@ class Router:
         config: DetectorConfig,
         assignment: Assignment,
         shards: dict[int, Any],
+        overrides: Overrides | None = None,
     ) -> None:
         self.settings = settings
-        self.partitioner = Partitioner(pack, assignment, config)
+        self.partitioner = Partitioner(
+            pack,
+            assignment,
+            config,
+            overrides=overrides,
+            integrity=settings.integrity.config(),
+        )
         self.shards = shards
         self.flush_events = settings.flush_events
         self.linger_s = settings.linger_ms / 1000
@@ -111,7 +138,16 @@ class Router:
         self._space: asyncio.Condition | None = None
         self._background: list[asyncio.Task[None]] = []
         self._metrics_actor: Any = None
+        self._notifier: Any = None
         self._last_metrics = time.monotonic()
+        self.batch_latency = LatencyHistogram()
+        self.key_groups = Counter(assignment.owner)
+        setup_process(
+            settings.telemetry, component="router", node=ray.get_runtime_context().get_node_id()
+        )
+        self.ray_metrics = PipelineMetrics.get()
+        for shard in shards:
+            self.ray_metrics.key_groups.set(self.key_groups.get(shard, 0), {"shard": str(shard)})
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -127,15 +163,51 @@ class Router:
             self._metrics_actor = ray.get_actor(
                 METRICS_ACTOR, namespace=self.settings.ray_namespace
             )
+        self._notifier = notifier_handle(self.settings.ray_namespace)
 
     # --- ingest ------------------------------------------------------------------------------
 
-    async def submit(self, lines: list[bytes]) -> Receipt:
-        """Screen and route one batch; returns its ticket, rejections and late events."""
+    async def submit(
+        self,
+        lines: list[bytes],
+        trace: Carrier | None = None,
+        traced_events: dict[str, Carrier] | None = None,
+    ) -> Receipt:
+        """Screen and route one batch; returns its ticket, rejections and late events.
+
+        ``trace``: the context of the caller's ``rayworker.ingest`` span (the batch's
+        ``validate`` and ``route`` spans are its children); ``traced_events``: event id ->
+        the producer's context, for the events that came with a sampled one.
+        """
         self._ensure_started()
         ticket = self._next_ticket
         self._next_ticket += 1
-        part = self.partitioner.split_lines(lines)
+        if trace is None:
+            return await self._submit(ticket, lines, None, None)
+        context = context_of(trace)
+        with tracer().start_as_current_span(
+            "rayworker.route", context=context, attributes={"rayworker.ticket": ticket}
+        ) as span:
+            receipt = await self._submit(ticket, lines, carrier_of(), traced_events)
+            span.set_attribute("rayworker.accepted", receipt.accepted)
+        return receipt
+
+    async def _submit(
+        self,
+        ticket: int,
+        lines: list[bytes],
+        route: Carrier | None,
+        traced_events: dict[str, Carrier] | None,
+    ) -> Receipt:
+        if route is None:
+            part = self.partitioner.split_lines(lines)
+        else:
+            with tracer().start_as_current_span(
+                "rayworker.validate", attributes={"rayworker.events": len(lines)}
+            ) as span:
+                part = self.partitioner.split_lines(lines)
+                span.set_attribute("rayworker.rejected", len(part.rejections))
+                span.set_attribute("rayworker.late", len(part.late))
         now = time.monotonic()
         self.counts["events"] += len(lines)
         self.counts["accepted"] += part.accepted
@@ -151,12 +223,39 @@ class Router:
             buffer.parts.append(sub)
             buffer.tickets.append(ticket)
             buffer.events += len(sub)
+            if route is not None:
+                buffer.traces.append(route)
+                if traced_events:
+                    buffer.traced_events.update(traced_events)
             if buffer.events >= self.flush_events:
                 self._flush(shard)
+        if part.alerts:
+            # Integrity alerts are raised here, while screening; the ticket is done (and its
+            # entries acked) only once they are persisted, like the shards' alerts.
+            state.outstanding += 1
+            persisting = asyncio.create_task(self._persist_screened(ticket, part.alerts))
+            self.finishing.add(persisting)
+            persisting.add_done_callback(self._finished)
         if state.outstanding == 0:
             self._finish_ticket(ticket)
         await self._wait_for_space()
         return Receipt(ticket, part.accepted, part.rejections, part.late)
+
+    async def _persist_screened(self, ticket: int, alerts: list[Alert]) -> None:
+        failed = False
+        try:
+            await persist_alerts.remote(self.settings, alerts)
+            self._notify(alerts)
+        except Exception as exc:  # noqa: BLE001 - any failure fails the ticket, never the router
+            failed = True
+            kind = f"integrity_{type(exc).__name__}"
+            self.errors[kind] += 1
+            await self._record_error(kind)
+        state = self.tickets[ticket]
+        state.failed |= failed
+        state.outstanding -= 1
+        if state.outstanding == 0:
+            self._finish_ticket(ticket)
 
     async def completed(self) -> tuple[list[int], list[int]]:
         """Tickets finished since the last call: (done, failed)."""
@@ -189,17 +288,27 @@ class Router:
             self.pending_metrics.merge(out.metrics)
         if alerts:
             await persist_alerts.remote(self.settings, alerts)
+            self._notify(alerts)
         await self._send_metrics()
         return len(alerts)
 
     # --- internals -----------------------------------------------------------------------------
+
+    def _notify(self, alerts: list[Alert]) -> None:
+        """Hand persisted alerts to the notifier without waiting: it queues them, or drops
+        and counts them when its queue is full, so notifying never slows this router."""
+        if self._notifier is not None:
+            self._notifier.enqueue.remote(alerts)
 
     def _flush(self, shard: int) -> None:
         buffer = self.buffers[shard]
         if not buffer.parts:
             return
         self.buffers[shard] = _Buffer()
-        self.outbox[shard].append(_Outgoing(ShardBatch.concat(buffer.parts), buffer.tickets))
+        trace = None
+        if buffer.traces:
+            trace = BatchTrace(buffer.traces[0], buffer.traces[1:], buffer.traced_events)
+        self.outbox[shard].append(_Outgoing(ShardBatch.concat(buffer.parts), buffer.tickets, trace))
         self._wake[shard].set()
 
     async def _wait_for_space(self) -> None:
@@ -235,7 +344,7 @@ class Router:
                 item = outbox.popleft()
                 self.sent[shard] += len(item.batch)
                 answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(
-                    handle.process.remote(item.batch)
+                    handle.process.remote(item.batch, item.trace)
                 )
                 # The slot frees when the shard answers; persisting its alerts must not hold
                 # it, or the database's latency would cap detection throughput.
@@ -258,11 +367,16 @@ class Router:
             output = await answer
             self.pending_metrics.merge(output.metrics)
             if output.alerts:
-                await persist_alerts.remote(self.settings, output.alerts)
+                await persist_alerts.remote(self.settings, output.alerts, output.trace)
+                self._notify(output.alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
             failed = True
             kind = f"shard_{type(exc).__name__}"
             self.errors[kind] += 1
+            _log.warning(
+                "a shard batch failed; its source entries will be delivered again",
+                extra={"tickets": item.tickets, "error": kind},
+            )
             await self._record_error(kind)
         for ticket in item.tickets:
             state = self.tickets[ticket]
@@ -278,6 +392,8 @@ class Router:
             return
         self.done.append(ticket)
         latency_ms = (time.monotonic() - state.received) * 1000
+        self.batch_latency = self.batch_latency + LatencyHistogram.of([latency_ms])
+        self.ray_metrics.observe(self.ray_metrics.batch_seconds, latency_ms / 1000)
         for tenant, n in state.tenants.items():
             self.pending_latency.setdefault(tenant, []).extend([latency_ms] * n)
 
@@ -300,6 +416,7 @@ class Router:
             return
         deltas, self.pending_metrics = pending, MetricDeltas()
         latency, self.pending_latency = self.pending_latency, {}
+        self.ray_metrics.record(deltas)
         try:
             if self._metrics_actor is not None:
                 await self._metrics_actor.record.remote(deltas, latency)
@@ -330,7 +447,13 @@ class Router:
             "persisting_batches": len(self.finishing),
             "open_tickets": len(self.tickets),
             "errors": dict(self.errors),
+            "key_groups": {str(s): self.key_groups.get(s, 0) for s in sorted(self.shards)},
+            "batch_latency_ms": self.batch_latency.to_fields(),
         }
+
+    async def flush_telemetry(self) -> bool:
+        """Export this process's finished spans now (before the actor is stopped)."""
+        return flush_tracing()
 
     async def health(self) -> dict[str, Any]:
         """Router status plus each shard's, pinged with a timeout."""
@@ -369,6 +492,7 @@ def start_router(
     config: DetectorConfig,
     assignment: Assignment,
     shards: dict[int, Any],
+    overrides: Overrides | None = None,
 ) -> Any:
     """Start the router as a named async actor."""
     remote_cls = ray.remote(Router)
@@ -377,4 +501,4 @@ def start_router(
         namespace=settings.ray_namespace,
         num_cpus=0.5,
         max_concurrency=64,
-    ).remote(settings, pack, config, assignment, shards)
+    ).remote(settings, pack, config, assignment, shards, overrides)

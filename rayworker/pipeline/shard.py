@@ -9,19 +9,32 @@ which keeps every key's events in order.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from opentelemetry.trace import Link, SpanContext
 
 from rayworker.alerts import Alert
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
 from rayworker.partition import ShardBatch
 from rayworker.rules import Overrides, RulePack
+from rayworker.settings import TelemetrySettings
+from rayworker.telemetry.attributes import alert_attributes
+from rayworker.telemetry.propagation import Carrier, carrier_of, context_of, trace_id_hex
+from rayworker.telemetry.ray_metrics import PipelineMetrics
+from rayworker.telemetry.setup import flush_tracing, setup_process
+from rayworker.telemetry.spans import links, tracer
+from rayworker.telemetry.traced import BatchTrace
 
 __all__ = ["DetectorShard", "ShardOutput", "shard_actor", "shard_name"]
+
+
+_log = logging.getLogger("rayworker.shard")
+_GAUGES_EVERY_S = 5.0
 
 
 def shard_name(shard: int) -> str:
@@ -37,6 +50,8 @@ class ShardOutput:
     metrics: MetricDeltas = field(default_factory=MetricDeltas)
     events: int = 0
     busy_s: float = 0.0
+    trace: Carrier | None = None
+    """The context of the batch's ``rayworker.detect`` span (parent of its ``persist``)."""
 
 
 class DetectorShard:
@@ -49,6 +64,7 @@ class DetectorShard:
         overrides: Overrides | None,
         config: DetectorConfig,
         snapshot: dict[str, Any] | None = None,
+        telemetry: TelemetrySettings | None = None,
     ) -> None:
         # The router already screened for future timestamps against its own clock.
         shard_config = DetectorConfig(
@@ -70,9 +86,74 @@ class DetectorShard:
         self.busy_s = 0.0
         self.last_batch_at: float | None = None
         self.started_at = time.time()
+        self.telemetry = telemetry if telemetry is not None else TelemetrySettings()
+        if ray.is_initialized():
+            setup_process(
+                self.telemetry,
+                component="shard",
+                shard=shard,
+                node=ray.get_runtime_context().get_node_id(),
+            )
+        self.ray_metrics = PipelineMetrics.get() if ray.is_initialized() else None
+        self._gauges_at = 0.0
 
-    def process(self, batch: ShardBatch) -> ShardOutput:
-        """Detect over one routed batch."""
+    def process(self, batch: ShardBatch, trace: BatchTrace | None = None) -> ShardOutput:
+        """Detect over one routed batch; ``trace``: the batch's trace context (None: untraced)."""
+        if trace is None:
+            output = self._process(batch)
+            if _log.isEnabledFor(logging.INFO):
+                self._log_raised(output.alerts)
+            return output
+        with tracer().start_as_current_span(
+            "rayworker.detect",
+            context=context_of(trace.parent),
+            links=links(trace.links, self.telemetry.max_links),
+            attributes={"rayworker.shard": self.shard, "rayworker.events": len(batch)},
+        ) as span:
+            output = self._process(batch)
+            span.set_attribute("rayworker.alerts", len(output.alerts))
+            detect = span.get_span_context()
+            for alert in output.alerts:
+                # One span per alert, when it is raised: updates (more occurrences) of an
+                # alert that already has its trace would only repeat it. The alert object is
+                # the detector's own, so the trace id it gets here stays with it.
+                if alert.trace_id is None and alert.occurrences == 1:
+                    self._trace_alert(alert, trace.events, detect)
+            output.trace = carrier_of()
+        if _log.isEnabledFor(logging.INFO):
+            self._log_raised(output.alerts)
+        return output
+
+    def _log_raised(self, alerts: list[Alert]) -> None:
+        for alert in alerts:
+            if alert.occurrences == 1:
+                _log.info(
+                    "alert raised",
+                    extra={
+                        "tenant": alert.tenant_id,
+                        "alert_id": alert.id,
+                        "rule": alert.rule_id,
+                        "severity": alert.severity,
+                        "trace_id": alert.trace_id,
+                    },
+                )
+
+    def _trace_alert(self, alert: Alert, events: dict[str, Carrier], detect: SpanContext) -> None:
+        """The ``rayworker.alert`` span, in the trace of the traced event that fired the alert
+        (else in the batch's trace); the alert keeps that trace id if the trace is sampled."""
+        producer = next((events[e] for e in reversed(alert.evidence_ids) if e in events), None)
+        span = tracer().start_span(
+            "rayworker.alert",
+            context=context_of(producer),
+            links=[Link(detect)] if producer is not None else None,
+            attributes=alert_attributes(alert, record_payload=self.telemetry.record_payload),
+        )
+        span.end()
+        span_context = span.get_span_context()
+        if span_context.trace_flags.sampled:
+            alert.trace_id = trace_id_hex(span_context)
+
+    def _process(self, batch: ShardBatch) -> ShardOutput:
         started = time.perf_counter()
         result = self.detector.process_routed(
             batch.lines(), batch.wm_after, batch.owned, batch.watermarks
@@ -83,6 +164,13 @@ class DetectorShard:
         self.alerts += len(result.alerts)
         self.busy_s += busy
         self.last_batch_at = time.time()
+        if self.ray_metrics is not None:
+            self.ray_metrics.observe(
+                self.ray_metrics.detect_seconds, busy, {"shard": str(self.shard)}
+            )
+            if self.last_batch_at - self._gauges_at >= _GAUGES_EVERY_S:
+                self._gauges_at = self.last_batch_at
+                self.ray_metrics.shard_state(self.shard, None, self.detector.active_keys())
         return ShardOutput(result.alerts, result.metrics, len(batch), busy)
 
     def flush(self) -> ShardOutput:
@@ -111,6 +199,10 @@ class DetectorShard:
         """Liveness: answers with the shard number."""
         return self.shard
 
+    def flush_telemetry(self) -> bool:
+        """Export this process's finished spans now (before the actor is stopped)."""
+        return flush_tracing()
+
 
 def shard_actor(
     shard: int,
@@ -120,6 +212,7 @@ def shard_actor(
     *,
     num_cpus: float,
     namespace: str,
+    telemetry: TelemetrySettings | None = None,
 ) -> Any:
     """Start shard ``shard`` as a named, detached-free actor, spread across nodes."""
     remote_cls = ray.remote(DetectorShard)
@@ -129,4 +222,4 @@ def shard_actor(
         num_cpus=num_cpus,
         scheduling_strategy="SPREAD",
         max_restarts=0,
-    ).remote(shard, pack, overrides, config)
+    ).remote(shard, pack, overrides, config, None, telemetry)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import ray
+from opentelemetry.trace import SpanKind
 
 from rayworker.alerts import Alert
 from rayworker.detect import MetricDeltas
@@ -27,10 +28,14 @@ from rayworker.sinks.alert_store import AlertStore
 from rayworker.sinks.factory import alert_store, metrics_store
 from rayworker.sinks.memory_metrics import MemoryMetricsStore
 from rayworker.sinks.metrics_store import LatencyInput, MetricsStore
+from rayworker.telemetry.propagation import Carrier, context_of
+from rayworker.telemetry.setup import flush_tracing, setup_process
+from rayworker.telemetry.spans import tracer
 
 __all__ = [
     "METRICS_ACTOR",
     "MetricsActor",
+    "flush_sink_telemetry",
     "persist_alerts",
     "record_error",
     "record_metrics",
@@ -72,16 +77,50 @@ async def _metrics(settings: Settings) -> MetricsStore:
     return store
 
 
+def _telemetry(settings: Settings) -> bool:
+    """Set up this worker process's tracing and logs once (Ray starts it bare)."""
+    return setup_process(
+        settings.telemetry, component="sink", node=ray.get_runtime_context().get_node_id()
+    )
+
+
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
-def persist_alerts(settings: Settings, alerts: list[Alert]) -> int:
-    """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed."""
+def persist_alerts(settings: Settings, alerts: list[Alert], trace: Carrier | None = None) -> int:
+    """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed.
+
+    ``trace``: the context of the shard's ``rayworker.detect`` span; the upsert runs in a
+    ``rayworker.persist`` span under it.
+    """
 
     async def run() -> int:
         store = await _alerts(settings)
         return await store.upsert(alerts)
 
-    result: int = run_in_worker_loop(run())
+    # Set up even when this batch is untraced: the warm-up tasks then pay for it, not the
+    # first traced batch.
+    if not _telemetry(settings) or trace is None:
+        result: int = run_in_worker_loop(run())
+        return result
+    with tracer().start_as_current_span(
+        "rayworker.persist",
+        context=context_of(trace),
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system": settings.alerts_backend,
+            "db.operation": "upsert",
+            "rayworker.alerts": len(alerts),
+        },
+    ) as span:
+        result = run_in_worker_loop(run())
+        span.set_attribute("rayworker.rows_changed", result)
     return result
+
+
+@ray.remote(num_cpus=0)
+def flush_sink_telemetry(settings: Settings) -> bool:
+    """Export the finished spans of the sink worker process this task lands on."""
+    _telemetry(settings)
+    return flush_tracing()
 
 
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
@@ -125,3 +164,7 @@ class MetricsActor:
     async def snapshot(self, tenant: str | None = None) -> dict[str, object]:
         """Totals of a tenant (or overall) in ``MetricsSnapshot.to_json`` form."""
         return (await self.store.snapshot(tenant)).to_json()
+
+    async def snapshots(self) -> list[tuple[str | None, dict[str, object]]]:
+        """Overall (None) and every tenant's totals, in ``MetricsSnapshot.to_json`` form."""
+        return [(scope, snap.to_json()) for scope, snap in (await self.store.snapshots()).items()]

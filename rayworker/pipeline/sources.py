@@ -1,8 +1,9 @@
 """Sources for :meth:`~rayworker.pipeline.app.Pipeline.pump`: Redis Streams, files, synthetic.
 
 Each yields :class:`~rayworker.pipeline.app.Batch` objects; a stream batch carries the entry
-ids that acknowledge it. Sources yield an empty batch when idle so the pump keeps
-acknowledging finished work while no new events arrive.
+ids that acknowledge it and the producers' trace contexts of its events. Sources yield an
+empty batch when idle so the pump keeps acknowledging finished work while no new events
+arrive.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from rayworker.detect import LateEvent
 from rayworker.events import Rejection, RejectReason
-from rayworker.ingest.redis_streams import StreamConsumer
+from rayworker.ingest.redis_streams import IngestError, StreamConsumer
 from rayworker.pipeline.app import Batch
+from rayworker.telemetry.propagation import Carrier, carrier_from_fields
+from rayworker.telemetry.ray_metrics import PipelineMetrics
 
 __all__ = ["StreamBatches", "paced_batches"]
+
+_LAG_EVERY_S = 5.0
 
 
 class StreamBatches:
@@ -28,18 +33,38 @@ class StreamBatches:
         # The entry of each line of the latest batch: the pump dead-letters a batch's rejects
         # right after submitting it, before the next read.
         self._latest: tuple[list[bytes], list[str]] = ([], [])
+        self._lag_at = 0.0
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
         while not self.stop.is_set():
             entries = await self.consumer.read()
             lines: list[bytes] = []
             owners: list[str] = []
+            traces: list[tuple[int, Carrier]] = []
             for entry in entries:
+                if entry.traceparent is not None:
+                    carrier = carrier_from_fields(entry.traceparent, entry.tracestate)
+                    if carrier is not None:
+                        traces.extend((len(lines) + i, carrier) for i in range(len(entry.lines)))
                 lines.extend(entry.lines)
                 owners.extend([entry.entry_id] * len(entry.lines))
             ids = [entry.entry_id for entry in entries]
             self._latest = (lines, owners)
-            yield Batch(lines, ids or None)
+            await self._report_lag()
+            yield Batch(lines, ids or None, traces)
+
+    async def _report_lag(self) -> None:
+        """Set the consumer-lag gauge of Ray's metrics every few seconds."""
+        now = time.monotonic()
+        if now - self._lag_at < _LAG_EVERY_S:
+            return
+        self._lag_at = now
+        try:
+            lag = await self.consumer.lag()
+        except IngestError:
+            return
+        if lag.total is not None:
+            PipelineMetrics.get().lag(self.consumer.stream, self.consumer.group, lag.total)
 
     async def ack(self, tokens: Sequence[list[str]]) -> None:
         """Acknowledge the entries of finished batches."""

@@ -443,6 +443,7 @@ def fold_batch(alerts: Iterable[Alert]) -> builtins.list[Alert]:
                 occurrences=max(seen.occurrences, alert.occurrences),
                 last_seen_us=max(seen.last_seen_us, alert.last_seen_us),
                 first_seen_us=min(seen.first_seen_us, alert.first_seen_us),
+                trace_id=seen.trace_id or alert.trace_id,
             )
     return builtins.list(folded.values())
 
@@ -474,6 +475,7 @@ def new_row(alert: Alert, now: datetime) -> StoredAlert:
         period_end=us_to_dt(alert.period_end_us),
         created_at=now,
         updated_at=now,
+        trace_id=alert.trace_id,
     )
 
 
@@ -492,6 +494,7 @@ def merge_update(current: StoredAlert, incoming: StoredAlert, now: datetime) -> 
         description=src.description,
         title=src.title,
         metadata=src.metadata,
+        trace_id=current.trace_id or incoming.trace_id,
         updated_at=now,
     )
 
@@ -640,6 +643,7 @@ def alert_values(alert: Alert) -> dict[str, Any]:
         "last_seen": alert.last_seen_us,
         "period_start": alert.period_start_us,
         "period_end": alert.period_end_us,
+        "trace_id": _opt_store(alert.trace_id),
     }
 
 

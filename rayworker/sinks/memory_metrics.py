@@ -100,6 +100,11 @@ class MemoryMetricsStore:
             tenant, self._counters.get(tenant, Counter()), latency.to_fields()
         )
 
+    async def snapshots(self) -> dict[str | None, MetricsSnapshot]:
+        """Overall (key None) and every tenant that has recorded anything."""
+        scopes: set[str | None] = {None, *self._counters, *self._latency}
+        return {scope: await self.snapshot(scope) for scope in scopes}
+
     async def series(
         self, name: str, tenant: str | None, *, since: datetime, until: datetime
     ) -> list[tuple[datetime, int]]:

@@ -64,6 +64,7 @@ COUNTERS: Final[tuple[str, ...]] = (
     "duplicates",
     "state_capped",
     "errors",
+    "integrity_violations",
 )
 """Names of the lifetime counters; each also has a per-minute series of the same name."""
 
@@ -99,6 +100,10 @@ class MetricsStore(Protocol):
         """The lifetime totals of one tenant, or overall when ``tenant`` is None."""
         ...
 
+    async def snapshots(self) -> dict[str | None, MetricsSnapshot]:
+        """Overall (key None) and every tenant that has recorded anything, in one read."""
+        ...
+
     async def series(
         self, name: str, tenant: str | None, *, since: datetime, until: datetime
     ) -> list[tuple[datetime, int]]:
@@ -126,6 +131,8 @@ class MetricsSnapshot:
     duplicates: int = 0
     naive_timestamps: int = 0
     state_capped: int = 0
+    integrity_violations: int = 0
+    """Events whose ``hash`` or ``signature`` failed verification (:mod:`rayworker.integrity`)."""
     errors: int = 0
     errors_by_kind: Mapping[str, int] = field(default_factory=dict)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -171,6 +178,7 @@ class MetricsSnapshot:
             "duplicates": self.duplicates,
             "naive_timestamps": self.naive_timestamps,
             "state_capped": self.state_capped,
+            "integrity_violations": self.integrity_violations,
             "errors": self.errors,
             "errors_by_kind": dict(self.errors_by_kind),
             "error_rate": self.error_rate,
@@ -211,6 +219,7 @@ def snapshot_from_fields(
         duplicates=values.get("duplicates", 0),
         naive_timestamps=values.get("naive_timestamps", 0),
         state_capped=values.get("state_capped", 0),
+        integrity_violations=values.get("integrity_violations", 0),
         errors=values.get("errors", 0),
         errors_by_kind=by(_ERRORS),
         latency=LatencyHistogram.from_fields(latency),
@@ -324,6 +333,8 @@ def plan_record(deltas: MetricDeltas, latencies_ms: LatencyInput, at: datetime) 
         plan.add(tenant, "duplicates", n)
     for tenant, n in deltas.state_capped.items():
         plan.add(tenant, "state_capped", n)
+    for tenant, n in deltas.integrity_violations.items():
+        plan.add(tenant, "integrity_violations", n)
     if isinstance(latencies_ms, Mapping):
         for tenant, values in latencies_ms.items():
             plan.add_latency(tenant, values)

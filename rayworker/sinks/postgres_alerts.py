@@ -69,21 +69,22 @@ _UPSERT: Final = """
 INSERT INTO alerts (
     id, tenant_id, fingerprint, rule_id, rule_version, "group", severity, type, title,
     description, source, metadata, tags, evidence, evidence_window, occurrences, count,
-    first_seen, last_seen, period_start, period_end, created_at, updated_at
+    first_seen, last_seen, period_start, period_end, trace_id, created_at, updated_at
 )
 SELECT u.id, u.tenant_id, u.fingerprint, u.rule_id, u.rule_version, u.grp::jsonb, u.severity,
     u.type, u.title, u.description, u.source, u.metadata::jsonb, u.tags::jsonb,
     u.evidence::jsonb, u.evidence_window::jsonb, u.occurrences, u.count, u.first_seen,
-    u.last_seen, u.period_start, u.period_end, $22, $22
+    u.last_seen, u.period_start, u.period_end, u.trace_id, $23, $23
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
     $15::text[], $16::int[], $17::int[], $18::timestamptz[], $19::timestamptz[],
-    $20::timestamptz[], $21::timestamptz[]
+    $20::timestamptz[], $21::timestamptz[], $22::text[]
 ) AS u(id, tenant_id, fingerprint, rule_id, rule_version, grp, severity, type, title,
     description, source, metadata, tags, evidence, evidence_window, occurrences, count,
-    first_seen, last_seen, period_start, period_end)
+    first_seen, last_seen, period_start, period_end, trace_id)
 ON CONFLICT (id) DO UPDATE SET
+    trace_id = COALESCE(alerts.trace_id, EXCLUDED.trace_id),
     occurrences = GREATEST(alerts.occurrences, EXCLUDED.occurrences),
     last_seen = GREATEST(alerts.last_seen, EXCLUDED.last_seen),
     first_seen = LEAST(alerts.first_seen, EXCLUDED.first_seen),
@@ -195,7 +196,7 @@ _TIME_COLUMNS: Final = frozenset({"first_seen", "last_seen", "period_start", "pe
 _UPSERT_COLUMNS: Final = (
     "id", "tenant_id", "fingerprint", "rule_id", "rule_version", "group", "severity", "type",
     "title", "description", "source", "metadata", "tags", "evidence", "evidence_window",
-    "occurrences", "count", "first_seen", "last_seen", "period_start", "period_end",
+    "occurrences", "count", "first_seen", "last_seen", "period_start", "period_end", "trace_id",
 )  # fmt: skip
 
 

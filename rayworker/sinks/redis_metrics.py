@@ -5,8 +5,9 @@ Key layout (``{p}`` is the prefix, ``{s}`` the scope: ``all`` for the overall to
 
     {p}:m:{s}                      hash of lifetime counters: events, rejected, late, alerts,
                                    alert_updates, naive_timestamps, duplicates, state_capped,
-                                   errors, rejected:{reason}, alerts:rule:{rule},
-                                   alerts:sev:{severity}, errors:{kind}      (HINCRBY)
+                                   integrity_violations, errors, rejected:{reason},
+                                   alerts:rule:{rule}, alerts:sev:{severity},
+                                   errors:{kind}                              (HINCRBY)
     {p}:lat:{s}                    hash of latency bucket counts le:1 .. le:+Inf (HINCRBY)
                                    and sum (HINCRBYFLOAT), in ms
     {p}:s:{name}:{s}:{YYYYmmddHHMM} per-minute series counter (UTC)    INCRBY + EXPIRE ttl
@@ -142,6 +143,11 @@ class RedisMetricsStore:
         """The hash of lifetime counters of a tenant (None: overall)."""
         return f"{self._prefix}:m:{scope_token(tenant)}"
 
+    @property
+    def tenants_key(self) -> str:
+        """The set of tenants that have recorded metrics."""
+        return f"{self._prefix}:tenants"
+
     def latency_key(self, tenant: str | None) -> str:
         """The hash of latency bucket counts of a tenant (None: overall)."""
         return f"{self._prefix}:lat:{scope_token(tenant)}"
@@ -156,6 +162,10 @@ class RedisMetricsStore:
         if not (plan.counters or plan.latency or plan.series):
             return
         pipe = self._client.pipeline(transaction=False)
+        # The tenant set lets /metrics list tenants without a blocking KEYS scan.
+        tenants = {s for s in (*plan.counters, *plan.latency) if s is not None}
+        if tenants:
+            pipe.sadd(self.tenants_key, *sorted(tenants))
         for scope, fields in plan.counters.items():
             key = self.counters_key(scope)
             for name, n in fields.items():
@@ -205,6 +215,22 @@ class RedisMetricsStore:
         pipe.hgetall(self.latency_key(tenant))
         counters, latency = await self._execute(pipe, "snapshot")
         return snapshot_from_fields(tenant, _decoded(counters), _decoded(latency))
+
+    async def snapshots(self) -> dict[str | None, MetricsSnapshot]:
+        """Overall (key None) and every tenant that has recorded anything: two round trips."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.smembers(self.tenants_key)
+        (members,) = await self._execute(pipe, "snapshots")
+        scopes: list[str | None] = [None, *sorted(_text(m) for m in members)]
+        pipe = self._client.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.hgetall(self.counters_key(scope))
+            pipe.hgetall(self.latency_key(scope))
+        rows = await self._execute(pipe, "snapshots")
+        return {
+            scope: snapshot_from_fields(scope, _decoded(rows[2 * i]), _decoded(rows[2 * i + 1]))
+            for i, scope in enumerate(scopes)
+        }
 
     async def series(
         self, name: str, tenant: str | None, *, since: datetime, until: datetime

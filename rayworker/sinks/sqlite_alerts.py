@@ -69,13 +69,15 @@ _UPSERT: Final = """
 INSERT INTO alerts (
     id, tenant_id, fingerprint, rule_id, rule_version, "group", severity, type, title,
     description, source, status, metadata, tags, evidence, evidence_window, occurrences, count,
-    first_seen, last_seen, period_start, period_end, created_at, updated_at
+    first_seen, last_seen, period_start, period_end, trace_id, created_at, updated_at
 ) VALUES (
     :id, :tenant_id, :fingerprint, :rule_id, :rule_version, :group, :severity, :type, :title,
     :description, :source, 'active', :metadata, :tags, :evidence, :evidence_window,
-    :occurrences, :count, :first_seen, :last_seen, :period_start, :period_end, :now, :now
+    :occurrences, :count, :first_seen, :last_seen, :period_start, :period_end, :trace_id,
+    :now, :now
 )
 ON CONFLICT (id) DO UPDATE SET
+    trace_id = coalesce(alerts.trace_id, excluded.trace_id),
     occurrences = max(alerts.occurrences, excluded.occurrences),
     last_seen = max(alerts.last_seen, excluded.last_seen),
     first_seen = min(alerts.first_seen, excluded.first_seen),

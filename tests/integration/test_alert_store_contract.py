@@ -646,11 +646,11 @@ def test_sqlite_migrations_apply_once_and_detect_tampering() -> None:
     try:
         status = check_sqlite(conn)
         assert not status.up_to_date
-        assert [m.name for m in status.pending] == ["0001_alerts"]
-        assert migrate_sqlite(conn) == (1,)
+        assert [m.name for m in status.pending] == ["0001_alerts", "0002_silences"]
+        assert migrate_sqlite(conn) == (1, 2)
         assert migrate_sqlite(conn) == ()
         assert check_sqlite(conn).up_to_date
-        assert check_sqlite(conn).applied == (1,)
+        assert check_sqlite(conn).applied == (1, 2)
         conn.execute("UPDATE schema_migrations SET checksum = ?", ("edited",))
         with pytest.raises(MigrationError, match="changed after it was applied"):
             check_sqlite(conn)
@@ -685,10 +685,10 @@ def test_postgres_migrations_apply_once_and_store_refuses_unmigrated(
         conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
         try:
             status = await check_postgres(conn)
-            assert [m.name for m in status.pending] == ["0001_alerts"]
-            assert await migrate_postgres(conn) == (1,)
+            assert [m.name for m in status.pending] == ["0001_alerts", "0002_silences"]
+            assert await migrate_postgres(conn) == (1, 2)
             assert await migrate_postgres(conn) == ()
-            assert (await check_postgres(conn)).applied == (1,)
+            assert (await check_postgres(conn)).applied == (1, 2)
             async with PostgresAlertStore(DSN, search_path=schema, max_size=1) as opened:
                 assert (await opened.check()).up_to_date
             await conn.execute("UPDATE schema_migrations SET checksum = $1", "edited")

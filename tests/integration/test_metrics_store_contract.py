@@ -222,6 +222,23 @@ def test_tenants_are_isolated_even_with_key_syntax_in_their_names(harness: Harne
     harness.run(scenario)
 
 
+def test_snapshots_list_overall_and_every_tenant_once(harness: Harness) -> None:
+    """snapshots() holds overall and each tenant that recorded anything, each as snapshot() says."""
+
+    async def scenario(store: MetricsStore) -> None:
+        assert list(await store.snapshots()) == [None]
+        await store.record(deltas("t1", events=4), at=AT)
+        await store.record(deltas("t2", events=6, alerts={("r", "HIGH"): 2}), at=AT)
+        await store.record(deltas("t3", rejected={(None, "invalid_json"): 5}), at=AT)
+        await store.record_error("t4", "alert_sink", AT)
+        found = await store.snapshots()
+        assert set(found) == {None, "t1", "t2", "t4"}
+        for scope, snap in found.items():
+            assert snap == await store.snapshot(scope), scope
+
+    harness.run(scenario)
+
+
 def test_overall_is_sum_of_tenants_plus_unattributed(harness: Harness) -> None:
     """Overall = sum over tenants, plus rejections and errors that name no tenant."""
 

@@ -254,6 +254,7 @@ def test_lag_counts_pending_and_undelivered(keys: Keys) -> None:
         await c.read()  # drains (nothing of its own)
         lag = await c.lag()
         assert (lag.pending, lag.undelivered, lag.total) == (4, 6, 10)
+        assert StreamLag(pending=4, undelivered=None).total is None  # unknown, not 4
 
     run(keys, scenario)
 

@@ -48,7 +48,11 @@ class FakeRouter:
 
 
 class FakeMetrics:
-    """Answers snapshot() with a fixed snapshot in its to_json form."""
+    """Answers snapshot() and snapshots() with fixed snapshots in their to_json form."""
+
+    async def snapshots(self) -> list[tuple[str | None, dict[str, object]]]:
+        tenant = MetricsSnapshot(tenant="acme", events=1000, alerts_by_rule={"FAILED_AUTH": 2})
+        return [(None, await self.snapshot(None)), ("acme", tenant.to_json())]
 
     async def snapshot(self, tenant: str | None) -> dict[str, object]:
         return MetricsSnapshot(
@@ -175,6 +179,11 @@ def test_metrics_is_prometheus_text(base_url: str) -> None:
         for s in family.samples
     }
     assert samples[("rayworker_events_processed_total", ())] == 1234
+    assert samples[("rayworker_events_processed_total", (("tenant", "acme"),))] == 1000
+    assert (
+        samples[("rayworker_alerts_by_rule_total", (("rule", "FAILED_AUTH"), ("tenant", "acme")))]
+        == 2
+    )
     assert samples[("rayworker_alerts_by_rule_total", (("rule", "FAILED_AUTH"),))] == 3
     assert samples[("rayworker_processing_latency_seconds_count", ())] == 3
     assert samples[("rayworker_health_status", (("component", "postgres"),))] == 2

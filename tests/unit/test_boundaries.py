@@ -17,6 +17,14 @@ CORE = [
     PACKAGE / "alerts.py",
     PACKAGE / "clock.py",
     PACKAGE / "routing.py",
+    PACKAGE / "partition.py",
+    PACKAGE / "shard_plan.py",
+    PACKAGE / "integrity.py",
+    PACKAGE / "health.py",
+    PACKAGE / "backtest.py",
+    PACKAGE / "backtest_points.py",
+    PACKAGE / "backtest_vector.py",
+    PACKAGE / "backtest_suggest.py",
     *sorted((PACKAGE / "rules").glob("*.py")),
 ]
 FORBIDDEN = {"ray", "redis", "asyncpg"}

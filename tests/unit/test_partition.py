@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from importlib import resources
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -19,7 +20,7 @@ from rayworker.detect import (
 )
 from rayworker.partition import Partitioner, ShardBatch
 from rayworker.routing import Assignment
-from rayworker.rules import builtin_pack
+from rayworker.rules import Overrides, builtin_pack, load_overrides, parse_rules
 from rayworker.sources.synthetic import SyntheticConfig, generate
 
 CLOCK = FixedClock(datetime(2030, 1, 1, tzinfo=UTC))
@@ -30,8 +31,10 @@ def _sample() -> list[bytes]:
     return text.splitlines()
 
 
-def _single(lines: list[bytes], batch: int) -> tuple[AlertBook, MetricDeltas]:
-    detector = Detector(builtin_pack(), config=DetectorConfig(), clock=CLOCK)
+def _single(
+    lines: list[bytes], batch: int, overrides: Overrides | None = None
+) -> tuple[AlertBook, MetricDeltas]:
+    detector = Detector(builtin_pack(), overrides, config=DetectorConfig(), clock=CLOCK)
     book, metrics = AlertBook(), MetricDeltas()
     for start in range(0, len(lines), batch):
         result = detector.process_lines(lines[start : start + batch], start_index=start)
@@ -43,13 +46,21 @@ def _single(lines: list[bytes], batch: int) -> tuple[AlertBook, MetricDeltas]:
 
 
 def _sharded(
-    lines: list[bytes], batch: int, shards: int, *, groups: int = 256
+    lines: list[bytes],
+    batch: int,
+    shards: int,
+    *,
+    groups: int = 256,
+    overrides: Overrides | None = None,
 ) -> tuple[AlertBook, MetricDeltas, dict[int, int]]:
     pack = builtin_pack()
     config = DetectorConfig()
-    router = Partitioner(pack, Assignment.balanced(shards, groups=groups), config, CLOCK)
+    assignment = Assignment.balanced(shards, groups=groups)
+    router = Partitioner(pack, assignment, config, CLOCK, overrides=overrides)
     shard_config = DetectorConfig(max_future_s=None)
-    detectors = {s: Detector(pack, config=shard_config, clock=CLOCK) for s in range(shards)}
+    detectors = {
+        s: Detector(pack, overrides, config=shard_config, clock=CLOCK) for s in range(shards)
+    }
     book, metrics = AlertBook(), MetricDeltas()
     received = dict.fromkeys(range(shards), 0)
     for start in range(0, len(lines), batch):
@@ -163,3 +174,75 @@ def test_snapshot_restores_watermarks() -> None:
     b = again.split_lines(lines[5000:])
     assert [e.event_id for e in a.late] == [e.event_id for e in b.late]
     assert a.accepted == b.accepted
+
+
+def test_off_hours_routing_follows_each_tenants_business_hours() -> None:
+    """With per-tenant business hours, only off-hours events travel for the tenant-only rule."""
+    config = SyntheticConfig(
+        events=20_000, tenants=6, principals=200, duration_s=86_400, seed=8, disorder_ms=5_000
+    )
+    lines = list(generate(config))
+    tenants = sorted({line.split(b'"organizationId":"')[1].split(b'"')[0] for line in lines})
+    night, paris = tenants[0].decode(), tenants[1].decode()
+    overrides = load_overrides(
+        f"""
+tenants:
+  {night}:
+    business_hours: {{start: "22:00", end: "06:00"}}
+  {paris}:
+    timezone: Europe/Paris
+    business_hours: {{start: "09:00", end: "17:00", days: [mon, tue, wed, thu, fri]}}
+""",
+        builtin_pack(),
+    )
+    single, _ = _single(lines, 2000, overrides)
+    sharded, _, _ = _sharded(lines, 900, 3, groups=32, overrides=overrides)
+    assert any(a.rule_id == "off_hours" and a.tenant_id == night for a in single)
+    assert _states(sharded) == _states(single)
+    pack = builtin_pack()
+    tenant_only = group_signatures(pack).index(())
+    router = Partitioner(pack, Assignment.balanced(3), DetectorConfig(), CLOCK)
+    part = router.split_lines(lines)
+    carried = sum(
+        int(((sub.owned >> np.uint64(tenant_only)) & np.uint64(1)).sum())
+        for sub in part.shards.values()
+    )
+    assert 0 < carried < part.accepted // 2
+
+
+def test_equal_but_differently_typed_group_values_are_different_keys() -> None:
+    """1, 1.0 and true are three keys for one detector, as they are three keys for routing."""
+    pack = parse_rules(
+        {
+            "rules": [
+                {
+                    "id": "by_geo",
+                    "kind": "threshold",
+                    "title": "geo",
+                    "description": "{count} from {geo}",
+                    "severity": "LOW",
+                    "filter": {"field": "status", "equals": "failure"},
+                    "group_by": [{"as": "geo", "coalesce": ["sessionContext.geolocation"]}],
+                    "window": "1m",
+                    "condition": {"gte": 2},
+                }
+            ]
+        },
+        origin="test",
+    )
+    lines = [
+        (
+            f'{{"timestamp":"2029-12-31T10:00:0{i}Z","action":"a","status":"failure",'
+            f'"organizationId":"t","sessionContext":{{"geolocation":{geo}}}}}'
+        ).encode()
+        for i, geo in enumerate(["1", "1.0", "true", "1", "true"])
+    ]
+    detector = Detector(pack, clock=CLOCK)
+    result = detector.process_lines(lines)
+    result.alerts.extend(detector.flush().alerts)
+    groups = sorted(repr(a.group["geo"]) for a in result.alerts)
+    assert groups == ["1", "True"]
+    restored = Detector.restore(
+        pack, msgspec.json.decode(msgspec.json.encode(detector.snapshot())), clock=CLOCK
+    )
+    assert restored.snapshot() == detector.snapshot()

@@ -344,3 +344,61 @@ def test_repr_is_short() -> None:
     """The repr summarises the owner table instead of printing thousands of entries."""
     text = repr(Assignment.balanced(3, groups=MAX_KEY_GROUPS))
     assert text == "Assignment(groups=65536, shards=3 [0..2], version=0)"
+
+
+# --- load-aware plans -----------------------------------------------------------------------
+
+
+def shard_loads(assignment: Assignment, loads: list[int]) -> dict[int, int]:
+    """Each owning shard's total load."""
+    totals = dict.fromkeys(assignment.shards, 0)
+    for group, shard in enumerate(assignment.owner):
+        totals[shard] += loads[group]
+    return totals
+
+
+@PROPS
+@given(assignments(), st.data())
+def test_balance_load_never_raises_the_peak_and_keeps_the_shards(
+    old: Assignment, data: st.DataObject
+) -> None:
+    """A load plan keeps the same shards, never raises the busiest one, and moves only off it."""
+    loads = data.draw(st.lists(st.integers(0, 10_000), min_size=old.groups, max_size=old.groups))
+    new = old.balance_load(loads)
+    assert new.shards == old.shards
+    before, after = shard_loads(old, loads), shard_loads(new, loads)
+    assert max(after.values()) <= max(before.values())
+    moves = old.moves(new)
+    assert all(loads[g] > 0 for g in moves)
+    assert (new.version == old.version + 1) == bool(moves)
+
+
+def test_balance_load_spreads_a_skewed_load() -> None:
+    """One heavy group per shard plus many light ones end close to even."""
+    rng = np.random.default_rng(4)
+    loads = (rng.zipf(1.3, 256) * 10).clip(max=4000).tolist()
+    old = Assignment.balanced(8)
+    new = old.balance_load(loads, tolerance=1.02)
+    peak = max(shard_loads(new, loads).values())
+    mean = sum(loads) / 8
+    assert peak <= max(1.05 * mean, *loads) < max(shard_loads(old, loads).values())
+
+
+def test_balance_load_moves_nothing_when_even() -> None:
+    """Loads already within the tolerance leave the assignment as it is."""
+    old = Assignment.balanced(4, groups=16)
+    assert old.balance_load([5] * 16) is old
+
+
+@pytest.mark.parametrize(
+    ("loads", "tolerance", "field"),
+    [
+        ([1.0] * 3, 1.05, "loads"),
+        ([1.0, -1.0, 1.0, 1.0], 1.05, "loads"),
+        ([1.0] * 4, 0.5, "tolerance"),
+    ],
+)
+def test_balance_load_rejects_bad_input(loads: list[float], tolerance: float, field: str) -> None:
+    """Loads of the wrong length, negative loads and a tolerance below 1 are refused by name."""
+    with pytest.raises(ValueError, match=field):
+        Assignment.balanced(2, groups=4).balance_load(loads, tolerance=tolerance)
