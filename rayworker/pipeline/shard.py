@@ -87,7 +87,9 @@ class DetectorShard:
         self.last_batch_at: float | None = None
         self.started_at = time.time()
         self.telemetry = telemetry if telemetry is not None else TelemetrySettings()
-        if ray.is_initialized():
+        # Only an actor process is ours to configure; a shard built in a driver (tests, tools)
+        # must not replace the driver's own tracing set-up.
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
             setup_process(
                 self.telemetry,
                 component="shard",
