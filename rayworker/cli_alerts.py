@@ -35,6 +35,7 @@ import base64
 import binascii
 import dataclasses
 import json
+import os
 import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
 __all__ = ["decode_cursor", "encode_cursor", "register"]
 
 DEFAULT_LIMIT: Final = 50
+_NOTIFY_TIMEOUT_S: Final = 10.0
 _ACTIONS: Final[dict[str, tuple[Action, str, str]]] = {
     # command: (store action, past tense, help)
     "ack": ("acknowledge", "acknowledged", "acknowledge an active alert"),
@@ -487,9 +489,47 @@ def _act(args: argparse.Namespace) -> int:
             row = await store.reopen(tenant, alert_id, by=by, note=note)
         past = _ACTIONS[args.alerts_command][1]
         _console().print(_safe(f"alert {row.id} {past} by {by}; status is now {row.status}"))
+        if row.status in ("resolved", "dismissed"):
+            _tell_notifier(_settings(args), alert_json(row))
         return 0
 
     return _with_store(args, work)
+
+
+def _tell_notifier(settings: Settings, alert: dict[str, Any]) -> None:
+    """Hand a resolved or dismissed alert to the running pipeline's notifier, so routes with
+    ``send_resolved`` say so now rather than after ``resolve_timeout``.
+
+    Best effort: the change is already stored; without a reachable cluster (``RAY_ADDRESS``)
+    or notifier this says why and the notifier resolves the alert by timeout instead.
+    """
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        return
+    # Imported here: Ray costs a second to import, which the other commands need not pay.
+    import ray  # noqa: PLC0415
+
+    from rayworker.pipeline.notifier import notifier_handle  # noqa: PLC0415
+    from rayworker.pipeline.runtime import connect_ray  # noqa: PLC0415
+
+    try:
+        connect_ray(address, namespace=settings.ray_namespace)
+        notifier = notifier_handle(settings.ray_namespace)
+        if notifier is None:
+            return
+        queued = ray.get(notifier.enqueue.remote([alert]), timeout=_NOTIFY_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - the transition stands; only the push failed
+        print(
+            f"warning: the notifier was not told ({type(exc).__name__}); it will resolve the "
+            "alert after its resolve_timeout",
+            file=sys.stderr,
+        )
+        return
+    if not queued:
+        print(
+            "warning: the notifier's queue is full; it will resolve the alert by timeout",
+            file=sys.stderr,
+        )
 
 
 # --- alerts stats / cleanup ------------------------------------------------------------------

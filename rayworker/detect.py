@@ -663,6 +663,7 @@ class Detector:
         # 1. A batch-local code per (tenant, group values) key.
         value_lists: list[list[Any]] = []
         combined = batch.codes("organizationId")[0][index].astype(np.int64)
+        typed = False  # does a column hold a bool or float (which must not merge with ints)?
         for spec in runtime.group_specs:
             if len(spec) == 1:
                 codes, vocab = batch.codes(spec[0])
@@ -672,15 +673,18 @@ class Detector:
             else:
                 merged = self._group_columns_for(batch, spec)
                 value_lists.append(merged)
-                sub_codes, sub_vocab = _factorise_values([merged[i] for i in index.tolist()])
+                sub_codes, vocab = _factorise_values([merged[i] for i in index.tolist()])
                 sub = sub_codes.astype(np.int64)
-                size = len(sub_vocab)
+                size = len(vocab)
+            typed = typed or any(type(v) is bool or type(v) is float for v in vocab)
             combined = np.unique(combined * max(size, 1) + sub, return_inverse=True)[1]
         _, first, kcode = np.unique(combined, return_index=True, return_inverse=True)
         kcode = kcode.astype(np.int64)
         n_keys = len(first)
         rep = index[first].tolist()
-        keys = [_key([tenants[r], *(values[r] for values in value_lists)]) for r in rep]
+        keys = [(tenants[r], *(values[r] for values in value_lists)) for r in rep]
+        if typed:
+            keys = [_key(list(key)) for key in keys]
 
         # 2. Per key: parameters, state, and whether it can take the fast path.
         windows = runtime.windows

@@ -210,8 +210,12 @@ tenants:
     assert 0 < carried < part.accepted // 2
 
 
-def test_equal_but_differently_typed_group_values_are_different_keys() -> None:
-    """1, 1.0 and true are three keys for one detector, as they are three keys for routing."""
+@pytest.mark.parametrize(("copies", "expected"), [(1, ["1", "True"]), (20, ["1", "1.0", "True"])])
+def test_equal_but_differently_typed_group_values_are_different_keys(
+    copies: int, expected: list[str]
+) -> None:
+    """1, 1.0 and true are three keys for one detector (per-event and vectorised paths), as
+    they are three keys for routing."""
     pack = parse_rules(
         {
             "rules": [
@@ -232,16 +236,16 @@ def test_equal_but_differently_typed_group_values_are_different_keys() -> None:
     )
     lines = [
         (
-            f'{{"timestamp":"2029-12-31T10:00:0{i}Z","action":"a","status":"failure",'
+            f'{{"timestamp":"2029-12-31T10:00:00.{i:03d}Z","action":"a","status":"failure",'
             f'"organizationId":"t","sessionContext":{{"geolocation":{geo}}}}}'
         ).encode()
-        for i, geo in enumerate(["1", "1.0", "true", "1", "true"])
+        for i, geo in enumerate(["1", "1.0", "true", "1", "true"] * copies)
     ]
     detector = Detector(pack, clock=CLOCK)
     result = detector.process_lines(lines)
     result.alerts.extend(detector.flush().alerts)
     groups = sorted(repr(a.group["geo"]) for a in result.alerts)
-    assert groups == ["1", "True"]
+    assert groups == expected
     restored = Detector.restore(
         pack, msgspec.json.decode(msgspec.json.encode(detector.snapshot())), clock=CLOCK
     )
