@@ -54,7 +54,14 @@ def core_rate(lines: list[bytes]) -> float:
 
 
 async def pipeline_rate(
-    lines: list[bytes], *, shards: int, per_entry: int, offered: float | None, tmp: Path
+    lines: list[bytes],
+    *,
+    shards: int,
+    per_entry: int,
+    offered: float | None,
+    tmp: Path,
+    read_events: int = 5000,
+    flush_events: int = 2000,
 ) -> tuple[float, list[float]]:
     """(b)/(c): events/s through the pipeline, and per-batch latencies (ms) to the ack."""
     token = secrets.token_hex(4)
@@ -68,7 +75,8 @@ async def pipeline_rate(
         consumer_group="bench",
         consumer_name="bench-1",
         shards=shards,
-        read_count=max(1, 5000 // per_entry),
+        read_count=max(1, read_events // per_entry),
+        flush_events=flush_events,
         block_ms=20,
         max_future_s=None,
     )
