@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, NoReturn
 
@@ -64,6 +65,23 @@ def live_redis_url() -> str:
 def live_postgres_dsn() -> str:
     """The test PostgreSQL DSN, once a connection has opened."""
     return _require(_ping_postgres, "PostgreSQL", POSTGRES_DSN)
+
+
+@pytest.fixture
+def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
+    """A DSN whose connections use a fresh schema, dropped afterwards."""
+    schema = f"rw_test_{secrets.token_hex(5)}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(live_postgres_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"CREATE SCHEMA {schema}"))
+    yield f"{live_postgres_dsn}?search_path={schema}"
+    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 @pytest.fixture(scope="session")

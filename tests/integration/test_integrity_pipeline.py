@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -36,23 +34,6 @@ pytestmark = pytest.mark.integration
 CLOCK = FixedClock(datetime(2030, 1, 1, tzinfo=UTC))
 T0 = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 KEYS = {"acme": "acme-producer-secret", "hooli": "hooli-producer-secret"}
-
-
-@pytest.fixture
-def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
-    """A DSN whose connections use a fresh schema, dropped afterwards."""
-    schema = f"rw_integrity_{secrets.token_hex(5)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(live_postgres_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    yield f"{live_postgres_dsn}?search_path={schema}"
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 def _event(n: int, tenant: str, seconds: float, **fields: Any) -> dict[str, Any]:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -23,23 +21,6 @@ from rayworker.sinks.factory import open_alert_store
 from tests.integration.test_integrity_pipeline import KEYS, _traffic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
-    """A DSN whose connections use a fresh schema, dropped afterwards."""
-    schema = f"rw_integrity_ray_{secrets.token_hex(5)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(live_postgres_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    yield f"{live_postgres_dsn}?search_path={schema}"
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 def test_ray_pipeline_raises_integrity_alerts_once(

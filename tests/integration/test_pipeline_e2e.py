@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 import pytest
 import ray
@@ -90,23 +88,6 @@ async def _stored(settings: Settings, tenants: set[str]) -> dict[str, int]:
 def expected() -> Expected:
     """The alerts and rejections `replay` finds in the bundled sample."""
     return _replay(_sample())
-
-
-@pytest.fixture
-def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
-    """A DSN whose connections use a fresh schema, dropped afterwards."""
-    schema = f"rw_e2e_{secrets.token_hex(5)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(live_postgres_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    yield f"{live_postgres_dsn}?search_path={schema}"
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 def test_stream_to_postgres_equals_replay(

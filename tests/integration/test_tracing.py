@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -134,23 +133,6 @@ def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
     r.close()
-
-
-@pytest.fixture
-def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
-    """A DSN whose connections use a fresh schema, dropped afterwards."""
-    schema = f"rw_trace_{secrets.token_hex(5)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(live_postgres_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    yield f"{live_postgres_dsn}?search_path={schema}"
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
 
 
 def _settings(token: str, redis_url: str, pg_dsn: str, endpoint: str) -> Settings:
