@@ -133,6 +133,7 @@ class Router:
         self.sent: Counter[int] = Counter()
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self._metrics_lock = asyncio.Lock()
         self._next_ticket = 0
         self._wake: dict[int, asyncio.Event] = {}
         self._space: asyncio.Condition | None = None
@@ -410,20 +411,23 @@ class Router:
                 await self._send_metrics()
 
     async def _send_metrics(self) -> None:
-        self._last_metrics = time.monotonic()
-        pending = self.pending_metrics
-        if not self.pending_latency and pending.is_empty():
-            return
-        deltas, self.pending_metrics = pending, MetricDeltas()
-        latency, self.pending_latency = self.pending_latency, {}
-        self.ray_metrics.record(deltas)
-        try:
-            if self._metrics_actor is not None:
-                await self._metrics_actor.record.remote(deltas, latency)
-            else:
-                await record_metrics.remote(self.settings, deltas, latency)
-        except Exception as exc:  # noqa: BLE001 - metrics must never stop detection
-            self.errors[f"metrics_{type(exc).__name__}"] += 1
+        # One send at a time: finish() must not return while the ticker's send is still in
+        # flight, or stopping the router right after would lose those counts.
+        async with self._metrics_lock:
+            self._last_metrics = time.monotonic()
+            pending = self.pending_metrics
+            if not self.pending_latency and pending.is_empty():
+                return
+            deltas, self.pending_metrics = pending, MetricDeltas()
+            latency, self.pending_latency = self.pending_latency, {}
+            self.ray_metrics.record(deltas)
+            try:
+                if self._metrics_actor is not None:
+                    await self._metrics_actor.record.remote(deltas, latency)
+                else:
+                    await record_metrics.remote(self.settings, deltas, latency)
+            except Exception as exc:  # noqa: BLE001 - metrics must never stop detection
+                self.errors[f"metrics_{type(exc).__name__}"] += 1
 
     async def _record_error(self, kind: str) -> None:
         try:
