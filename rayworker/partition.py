@@ -247,7 +247,8 @@ class Partitioner:
         return partition
 
     def _wanted(self, signature: int, batch: EventBatch) -> npt.NDArray[np.bool_]:
-        """Which events some rule of the signature could count (its filter, and a step)."""
+        """Which events some rule of the signature could count (its filter, a step of a
+        sequence, and for time_of_day rules the tenant's off hours)."""
         wanted = np.zeros(len(batch), dtype=np.bool_)
         for screen in self._filters[signature]:
             mask = screen.predicate.mask(batch)
