@@ -37,9 +37,9 @@ import functools
 import sqlite3
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -70,7 +70,7 @@ from rayworker.health import (
 from rayworker.pipeline.runtime import connect_ray
 from rayworker.settings import Settings, redact_dsn
 from rayworker.sinks.factory import metrics_store, sqlite_path
-from rayworker.sinks.metrics_store import MetricsSnapshot
+from rayworker.sinks.metrics_store import MetricsSnapshot, MetricsStore
 from rayworker.telemetry.exposition import render_pipeline
 from rayworker.telemetry.propagation import context_of
 from rayworker.telemetry.setup import setup_process
@@ -359,12 +359,20 @@ async def probe_alerts_db(settings: Settings) -> ComponentHealth:
 # --------------------------------------------------------------------------- processing
 
 
-async def fetch_snapshot(settings: Settings, tenant: str | None = None) -> MetricsSnapshot | str:
-    """The metrics snapshot, or why there is none (memory metrics outside Ray, no actor)."""
+_T = TypeVar("_T")
+
+
+async def _read_metrics(
+    settings: Settings,
+    from_store: Callable[[MetricsStore], Awaitable[_T]],
+    from_actor: Callable[[Any], Awaitable[_T]],
+) -> _T | str:
+    """Read the Redis metrics store, or the in-memory metrics actor; a string says why
+    neither can answer (memory metrics outside Ray, no actor)."""
     if settings.metrics_backend == "redis":
         store = metrics_store(settings)
         try:
-            return await store.snapshot(tenant)
+            return await from_store(store)
         except Exception as exc:  # noqa: BLE001 - re-raised, scrubbed of secrets
             raise _scrubbed(settings, exc) from None
         finally:
@@ -375,28 +383,26 @@ async def fetch_snapshot(settings: Settings, tenant: str | None = None) -> Metri
     if actor is None:
         return "metrics not available"
     async with asyncio.timeout(settings.health.check_timeout_s):
-        data = await actor.snapshot.remote(tenant)
-    return snapshot_from_json(data)
+        return await from_actor(actor)
+
+
+async def fetch_snapshot(settings: Settings, tenant: str | None = None) -> MetricsSnapshot | str:
+    """The metrics snapshot, or why there is none (memory metrics outside Ray, no actor)."""
+
+    async def from_actor(actor: Any) -> MetricsSnapshot:
+        return snapshot_from_json(await actor.snapshot.remote(tenant))
+
+    return await _read_metrics(settings, lambda store: store.snapshot(tenant), from_actor)
 
 
 async def fetch_snapshots(settings: Settings) -> dict[str | None, MetricsSnapshot] | str:
     """Overall (None) and per-tenant snapshots, or why there are none."""
-    if settings.metrics_backend == "redis":
-        store = metrics_store(settings)
-        try:
-            return await store.snapshots()
-        except Exception as exc:  # noqa: BLE001 - re-raised, scrubbed of secrets
-            raise _scrubbed(settings, exc) from None
-        finally:
-            await store.close()
-    if not ray.is_initialized():
-        return _NOT_CONNECTED
-    actor = await _actor(METRICS_ACTOR, settings.ray_namespace)
-    if actor is None:
-        return "metrics not available"
-    async with asyncio.timeout(settings.health.check_timeout_s):
+
+    async def from_actor(actor: Any) -> dict[str | None, MetricsSnapshot]:
         pairs = await actor.snapshots.remote()
-    return {scope: snapshot_from_json(data) for scope, data in pairs}
+        return {scope: snapshot_from_json(data) for scope, data in pairs}
+
+    return await _read_metrics(settings, lambda store: store.snapshots(), from_actor)
 
 
 async def probe_processing(settings: Settings) -> ComponentHealth:
