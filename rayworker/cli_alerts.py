@@ -42,12 +42,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from rayworker.errors import InputError, SinkError
-from rayworker.settings import Settings, load_settings, redact_dsn
+from rayworker.cli_common import (
+    non_empty,
+    require_sqlite_file,
+    safe_text,
+    store_settings,
+    terminal,
+)
+from rayworker.errors import SinkError
+from rayworker.settings import Settings, redact_dsn
 from rayworker.sinks.alert_store import (
     MAX_LIMIT,
     SEVERITIES,
@@ -90,7 +96,6 @@ _ACTIONS: Final[dict[str, tuple[Action, str, str]]] = {
     "reopen": ("reopen", "reopened", "make an acknowledged, resolved or dismissed alert active"),
 }
 # Characters a terminal would act on (escape sequences, bidi overrides): shown escaped.
-_BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 # --- argument types ---------------------------------------------------------------------------
@@ -134,13 +139,6 @@ def _severity(text: str) -> str:
     return value
 
 
-def _text(text: str) -> str:
-    if not text.strip():
-        msg = "give a non-empty value"
-        raise argparse.ArgumentTypeError(msg)
-    return text
-
-
 def encode_cursor(cursor: Cursor) -> str:
     """An opaque, shell-safe ``--cursor`` value for a keyset position."""
     raw = json.dumps([dt_to_us(cursor.last_seen), cursor.id], separators=(",", ":"))
@@ -173,7 +171,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "(default: RAYWORKER_ALERTS_DSN, else sqlite:///rayworker-alerts.db)",
     )
     tenant = argparse.ArgumentParser(add_help=False, parents=[store])
-    tenant.add_argument("--tenant", required=True, type=_text, help="the tenant whose alerts")
+    tenant.add_argument("--tenant", required=True, type=non_empty, help="the tenant whose alerts")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -219,7 +217,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     for name, (action, _past, text) in _ACTIONS.items():
         act = sub.add_parser(name, parents=[tenant], help=text)
         act.add_argument("alert_id", metavar="ALERT_ID")
-        act.add_argument("--by", required=True, type=_text, help="who does it (user or service)")
+        act.add_argument(
+            "--by", required=True, type=non_empty, help="who does it (user or service)"
+        )
         if action != "acknowledge":  # the store records no note with an acknowledgement
             act.add_argument("--note", help="why; kept with the alert and its history")
         act.set_defaults(handler=_act, action=action, note=None)
@@ -254,27 +254,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 # --- plumbing --------------------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    if args.alerts_dsn is None:
-        return load_settings()
-    return load_settings(alerts_dsn=args.alerts_dsn)
-
-
 def _shown_dsn(settings: Settings) -> str:
     return redact_dsn(settings.alerts_dsn.get_secret_value())
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[AlertStore], Awaitable[int]]) -> int:
     """Open the migrated store, run ``work`` on it and always close it."""
-    settings = _settings(args)
-    if settings.alerts_backend == "sqlite":
-        path = sqlite_path(settings.alerts_dsn.get_secret_value())
-        if path != ":memory:" and not Path(path).is_file():
-            msg = (
-                f"no alert store at {path}; create it with `rayworker db migrate` or point "
-                "--alerts-dsn (RAYWORKER_ALERTS_DSN) at an existing one"
-            )
-            raise InputError(msg)
+    settings = store_settings(args)
+    require_sqlite_file(settings)
 
     async def run() -> int:
         store = alert_store(settings, pool_size=1)
@@ -289,24 +276,6 @@ def _with_store(args: argparse.Namespace, work: Callable[[AlertStore], Awaitable
             await store.close()
 
     return asyncio.run(run())
-
-
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
-
-
-def _acts_on_terminal(ch: str) -> bool:
-    return ch < " " or "\x7f" <= ch <= "\x9f" or ch in _BIDI
-
-
-def _safe(value: object) -> Text:
-    """Untrusted text for the terminal: no markup, control and bidi characters escaped."""
-    text = str(value)
-    if any(_acts_on_terminal(ch) for ch in text):
-        text = "".join(
-            ch.encode("unicode_escape").decode() if _acts_on_terminal(ch) else ch for ch in text
-        )
-    return Text(text)
 
 
 def _when(at: datetime | None) -> str:
@@ -381,9 +350,9 @@ def _print_list(rows: list[StoredAlert], args: argparse.Namespace) -> None:
         for row in rows:
             _write_json(alert_json(row))
         return
-    console = _console()
+    console = terminal()
     if not rows:
-        console.print(_safe(f"no alerts for tenant {args.tenant} match"))
+        console.print(safe_text(f"no alerts for tenant {args.tenant} match"))
         return
     table = Table()
     table.add_column("id", overflow="fold")
@@ -396,11 +365,11 @@ def _print_list(rows: list[StoredAlert], args: argparse.Namespace) -> None:
     table.add_column("last seen", no_wrap=True)
     for r in rows:
         table.add_row(
-            _safe(r.id),
-            _safe(r.severity),
-            _safe(r.rule_id),
+            safe_text(r.id),
+            safe_text(r.severity),
+            safe_text(r.rule_id),
             r.status,
-            _safe(_group(r.group)),
+            safe_text(_group(r.group)),
             f"{r.occurrences:,}",
             _when(r.first_seen),
             _when(r.last_seen),
@@ -424,8 +393,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
-    console = _console()
-    fields = Table(show_header=False, title=_safe(row.title), title_justify="left")
+    console = terminal()
+    fields = Table(show_header=False, title=safe_text(row.title), title_justify="left")
     fields.add_column("field")
     fields.add_column("value", overflow="fold")
     plain: list[tuple[str, object]] = [
@@ -455,11 +424,11 @@ def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
         plain.append((row.status, f"{_when(row.resolved_at)} by {row.resolved_by}"))
         plain.append(("notes", row.resolution_notes or "-"))
     for name, value in plain:
-        fields.add_row(name, _safe(value))
+        fields.add_row(name, safe_text(value))
     console.print(fields)
     console.print(f"evidence: {len(row.evidence)} events")
     for event_id in row.evidence:
-        console.print(Text("  ") + _safe(event_id))
+        console.print(Text("  ") + safe_text(event_id))
     if not history:
         console.print("lifecycle: no transitions yet")
         return
@@ -467,7 +436,9 @@ def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
     for name in ("at", "from", "to", "by", "note"):
         lifecycle.add_column(name, overflow="fold")
     for t in history:
-        lifecycle.add_row(_when(t.at), t.from_status, t.to_status, _safe(t.by), _safe(t.note or ""))
+        lifecycle.add_row(
+            _when(t.at), t.from_status, t.to_status, safe_text(t.by), safe_text(t.note or "")
+        )
     console.print(lifecycle)
 
 
@@ -488,9 +459,9 @@ def _act(args: argparse.Namespace) -> int:
         else:
             row = await store.reopen(tenant, alert_id, by=by, note=note)
         past = _ACTIONS[args.alerts_command][1]
-        _console().print(_safe(f"alert {row.id} {past} by {by}; status is now {row.status}"))
+        terminal().print(safe_text(f"alert {row.id} {past} by {by}; status is now {row.status}"))
         if row.status in ("resolved", "dismissed"):
-            _tell_notifier(_settings(args), alert_json(row))
+            _tell_notifier(store_settings(args), alert_json(row))
         return 0
 
     return _with_store(args, work)
@@ -560,9 +531,9 @@ def stats_json(stats: AlertStats) -> dict[str, Any]:
 
 
 def _print_stats(tenant: str, stats: AlertStats) -> None:
-    console = _console()
+    console = terminal()
     console.print(
-        _safe(f"tenant {tenant}: {stats.total:,} alerts, {stats.active:,} need attention")
+        safe_text(f"tenant {tenant}: {stats.total:,} alerts, {stats.active:,} need attention")
     )
     for title, counts in (
         ("by status", stats.by_status),
@@ -573,7 +544,7 @@ def _print_stats(tenant: str, stats: AlertStats) -> None:
         table.add_column(title.removeprefix("by "), overflow="fold")
         table.add_column("alerts", justify="right")
         for name, n in counts.items():
-            table.add_row(_safe(name), f"{n:,}")
+            table.add_row(safe_text(name), f"{n:,}")
         console.print(table)
     trends = Table(title="trends", title_justify="left")
     trends.add_column("period")
@@ -591,8 +562,8 @@ def _cleanup(args: argparse.Namespace) -> int:
         deleted = await store.cleanup_resolved(
             args.tenant, older_than=timedelta(days=days), now=datetime.now(UTC)
         )
-        _console().print(
-            _safe(
+        terminal().print(
+            safe_text(
                 f"deleted {deleted:,} alerts of tenant {args.tenant} resolved or dismissed "
                 f"more than {days} days ago"
             )
@@ -606,27 +577,27 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = store_settings(args)
     applied, status = asyncio.run(_migrations(settings, apply=True))
-    console = _console()
+    console = terminal()
     where = _shown_dsn(settings)
     if applied:
         names = {m.version: m.name for m in load_migrations(_dialect(settings))}
-        console.print(_safe(f"applied {len(applied)} migration(s) to {where}:"))
+        console.print(safe_text(f"applied {len(applied)} migration(s) to {where}:"))
         for version in applied:
-            console.print(_safe(f"  {names.get(version, f'{version:04d}')}"))
+            console.print(safe_text(f"  {names.get(version, f'{version:04d}')}"))
     else:
-        console.print(_safe(f"{where}: up to date ({len(status.applied)} migrations applied)"))
+        console.print(safe_text(f"{where}: up to date ({len(status.applied)} migrations applied)"))
     return 0
 
 
 def _db_status(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = store_settings(args)
     _, status = asyncio.run(_migrations(settings, apply=False))
-    console = _console()
-    console.print(_safe(f"{_shown_dsn(settings)}: {status.describe()}"))
+    console = terminal()
+    console.print(safe_text(f"{_shown_dsn(settings)}: {status.describe()}"))
     for migration in status.pending:
-        console.print(_safe(f"  pending: {migration.name}"))
+        console.print(safe_text(f"  pending: {migration.name}"))
     if not status.up_to_date:
         console.print("apply them with `rayworker db migrate`")
     return 0 if status.up_to_date else 1

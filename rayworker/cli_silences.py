@@ -24,21 +24,16 @@ import asyncio
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic_core import PydanticCustomError
-from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
-from rayworker.errors import InputError
+from rayworker.cli_common import non_empty, require_sqlite_file, safe_text, store_settings, terminal
 from rayworker.notify.model import epoch_s, from_epoch_s
 from rayworker.notify.silence_store import silence_store
 from rayworker.notify.silences import Matcher, Silence, SilenceError, new_silence, parse_matcher
 from rayworker.rules.model import parse_duration
-from rayworker.settings import Settings, load_settings
-from rayworker.sinks.factory import sqlite_path
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -74,13 +69,6 @@ def _time(text: str) -> datetime:
     return at
 
 
-def _text(text: str) -> str:
-    if not text.strip():
-        msg = "give a non-empty value"
-        raise argparse.ArgumentTypeError(msg)
-    return text
-
-
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``silences`` command to the ``rayworker`` parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -89,7 +77,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="DSN",
         help="the alert database holding silences (default: RAYWORKER_ALERTS_DSN)",
     )
-    common.add_argument("--tenant", required=True, type=_text, help="the tenant whose silences")
+    common.add_argument("--tenant", required=True, type=non_empty, help="the tenant whose silences")
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -113,8 +101,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     until.add_argument("--duration", type=_duration, help="how long, from --starts (e.g. 2h)")
     until.add_argument("--ends", type=_time, metavar="TIME", help="when it ends (ISO-8601)")
     add.add_argument("--starts", type=_time, metavar="TIME", help="when it starts (default: now)")
-    add.add_argument("--by", required=True, type=_text, help="who creates it")
-    add.add_argument("--comment", required=True, type=_text, help="why")
+    add.add_argument("--by", required=True, type=non_empty, help="who creates it")
+    add.add_argument("--comment", required=True, type=non_empty, help="why")
     add.set_defaults(handler=_add)
 
     listing = sub.add_parser("list", parents=[common, as_json], help="the tenant's silences")
@@ -126,22 +114,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     expire.set_defaults(handler=_expire)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    if args.alerts_dsn is None:
-        return load_settings()
-    return load_settings(alerts_dsn=args.alerts_dsn)
-
-
 def _with_store(args: argparse.Namespace, work: Callable[[SilenceStore], Awaitable[int]]) -> int:
-    settings = _settings(args)
-    if settings.alerts_backend == "sqlite":
-        path = sqlite_path(settings.alerts_dsn.get_secret_value())
-        if path != ":memory:" and not Path(path).is_file():
-            msg = (
-                f"no alert database at {path}; create it with `rayworker db migrate` or point "
-                "--alerts-dsn (RAYWORKER_ALERTS_DSN) at an existing one"
-            )
-            raise InputError(msg)
+    settings = store_settings(args)
+    require_sqlite_file(settings)
 
     async def run() -> int:
         store = silence_store(settings)
@@ -185,8 +160,8 @@ def _add(args: argparse.Namespace) -> int:
         if args.json:
             sys.stdout.write(json.dumps(silence_json(silence, now)) + "\n")
         else:
-            Console(highlight=False).print(
-                Text(f"silence {silence.id} added: {silence.state(now)} until {_iso(ends)}")
+            terminal().print(
+                safe_text(f"silence {silence.id} added: {silence.state(now)} until {_iso(ends)}")
             )
         return 0
 
@@ -202,22 +177,22 @@ def _list(args: argparse.Namespace) -> int:
             for silence in found:
                 sys.stdout.write(json.dumps(silence_json(silence, now)) + "\n")
             return 0
-        console = Console(highlight=False, soft_wrap=False)
+        console = terminal()
         if not found:
-            console.print(Text(f"no silences for tenant {args.tenant}"))
+            console.print(safe_text(f"no silences for tenant {args.tenant}"))
             return 0
         table = Table()
         for name in ("id", "state", "matchers", "starts", "ends", "by", "comment"):
             table.add_column(name, overflow="fold")
         for s in found:
             table.add_row(
-                Text(s.id),
+                safe_text(s.id),
                 s.state(now),
-                Text(", ".join(str(m) for m in s.matchers)),
+                safe_text(", ".join(str(m) for m in s.matchers)),
                 _iso(s.starts_at),
                 _iso(s.ends_at),
-                Text(s.created_by),
-                Text(s.comment),
+                safe_text(s.created_by),
+                safe_text(s.comment),
             )
         console.print(table)
         return 0
@@ -230,7 +205,7 @@ def _expire(args: argparse.Namespace) -> int:
 
     async def work(store: SilenceStore) -> int:
         expired = await store.expire(args.tenant, args.silence_id, now)
-        Console(highlight=False).print(Text(f"silence {expired.id} expired"))
+        terminal().print(safe_text(f"silence {expired.id} expired"))
         return 0
 
     return _with_store(args, work)

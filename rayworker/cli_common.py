@@ -1,0 +1,65 @@
+"""What the commands that open the alert database share: argument checks, settings, safe output."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Final
+
+from rich.console import Console
+from rich.text import Text
+
+from rayworker.errors import InputError
+from rayworker.settings import Settings, load_settings
+from rayworker.sinks.factory import sqlite_path
+
+__all__ = ["non_empty", "require_sqlite_file", "safe_text", "store_settings", "terminal"]
+
+_BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def non_empty(text: str) -> str:
+    """An argparse type: any text that is not blank."""
+    if not text.strip():
+        msg = "give a non-empty value"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+def store_settings(args: argparse.Namespace) -> Settings:
+    """Settings, with ``--alerts-dsn`` (when given) in place of ``RAYWORKER_ALERTS_DSN``."""
+    if args.alerts_dsn is None:
+        return load_settings()
+    return load_settings(alerts_dsn=args.alerts_dsn)
+
+
+def require_sqlite_file(settings: Settings) -> None:
+    """Refuse a SQLite alert database that does not exist yet (opening would create it)."""
+    if settings.alerts_backend != "sqlite":
+        return
+    path = sqlite_path(settings.alerts_dsn.get_secret_value())
+    if path != ":memory:" and not Path(path).is_file():
+        msg = (
+            f"no alert store at {path}; create it with `rayworker db migrate` or point "
+            "--alerts-dsn (RAYWORKER_ALERTS_DSN) at an existing one"
+        )
+        raise InputError(msg)
+
+
+def terminal() -> Console:
+    """A console that neither highlights nor re-wraps what it prints."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def _acts_on_terminal(ch: str) -> bool:
+    return ch < " " or "\x7f" <= ch <= "\x9f" or ch in _BIDI
+
+
+def safe_text(value: object) -> Text:
+    """Untrusted text for the terminal: no markup, control and bidi characters escaped."""
+    text = str(value)
+    if any(_acts_on_terminal(ch) for ch in text):
+        text = "".join(
+            ch.encode("unicode_escape").decode() if _acts_on_terminal(ch) else ch for ch in text
+        )
+    return Text(text)
