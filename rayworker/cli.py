@@ -47,6 +47,7 @@ from rich.table import Table
 
 from rayworker import cli_alerts, cli_backtest, cli_pipeline, cli_shards, cli_silences
 from rayworker.alerts import AlertBook
+from rayworker.cli_common import positive_int, positive_seconds, seconds
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
 from rayworker.errors import InputError, RayworkerError
 from rayworker.rules import builtin_pack, load_overrides, load_rules
@@ -74,36 +75,6 @@ def _program_version() -> str:
 
 
 # --- argument parsing ------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f'Got "{text}"; give a whole number of at least 1'
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):  # also refuses NaN
-        msg = f'Got "{text}"; give a finite number of seconds, 0 or more'
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        msg = f'Got "{text}"; give a number of seconds above 0'
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         metavar="N",
         help=f"lines per detector batch (default {DEFAULT_BATCH_SIZE:,})",
@@ -161,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = DetectorConfig()
     replay.add_argument(
         "--lateness",
-        type=_seconds,
+        type=seconds,
         metavar="SECONDS",
         help=(
             "how far behind its tenant's latest event an event may arrive and still count "
@@ -170,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--suppression",
-        type=_positive_seconds,
+        type=positive_seconds,
         metavar="SECONDS",
         help=(
             "suppression period of the rules that set none of their own "

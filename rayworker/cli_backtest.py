@@ -38,6 +38,7 @@ from rayworker.backtest import (
 )
 from rayworker.backtest_points import parse_sweep
 from rayworker.backtest_suggest import Suggestion, suggest, suggested_overrides, write_overrides
+from rayworker.cli_common import positive_int, positive_seconds, seconds
 from rayworker.detect import DetectorConfig
 from rayworker.errors import InputError, RayworkerError
 from rayworker.rules import builtin_pack, format_duration, load_overrides, load_rules
@@ -46,29 +47,6 @@ from rayworker.sources.jsonl import DEFAULT_BATCH_SIZE, JsonlReader
 __all__ = ["register"]
 
 _SAMPLE = "data/sample_events.jsonl"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        msg = f'Got "{text}"; give a whole number of at least 1'
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _seconds(text: str, *, positive: bool = False) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf") or (positive and value == 0):
-        least = "above 0" if positive else "0 or more"
-        msg = f'Got "{text}"; give a finite number of seconds, {least}'
-        raise argparse.ArgumentTypeError(msg)
-    return value
 
 
 def _budget(text: str) -> float:
@@ -126,17 +104,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--overrides", type=Path, metavar="FILE", help="base per-tenant overrides")
     parser.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_BATCH_SIZE,
         metavar="N",
         help=f"lines per batch (default {DEFAULT_BATCH_SIZE:,})",
     )
     parser.add_argument(
-        "--lateness", type=_seconds, metavar="SECONDS", help="allowed lateness, as for replay"
+        "--lateness", type=seconds, metavar="SECONDS", help="allowed lateness, as for replay"
     )
     parser.add_argument(
         "--suppression",
-        type=lambda text: _seconds(text, positive=True),
+        type=positive_seconds,
         metavar="SECONDS",
         help="default suppression period, as for replay",
     )

@@ -13,7 +13,16 @@ from rayworker.errors import InputError
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import sqlite_path
 
-__all__ = ["non_empty", "require_sqlite_file", "safe_text", "store_settings", "terminal"]
+__all__ = [
+    "non_empty",
+    "positive_int",
+    "positive_seconds",
+    "require_sqlite_file",
+    "safe_text",
+    "seconds",
+    "store_settings",
+    "terminal",
+]
 
 _BIDI: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
@@ -24,6 +33,39 @@ def non_empty(text: str) -> str:
         msg = "give a non-empty value"
         raise argparse.ArgumentTypeError(msg)
     return text
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f'Got "{text}"; give a whole number of at least 1'
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # also refuses NaN
+        msg = f'Got "{text}"; give a finite number of seconds, 0 or more'
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    value = seconds(text)
+    if value == 0:
+        msg = f'Got "{text}"; give a number of seconds above 0'
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def store_settings(args: argparse.Namespace) -> Settings:
