@@ -18,7 +18,10 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 
+from rayworker.ingest.redis_streams import StreamConsumer
+from rayworker.pipeline.app import Pipeline, PumpStats
 from rayworker.pipeline.runtime import connect_ray
+from rayworker.pipeline.sources import StreamBatches
 
 REDIS_URL = os.environ.get("RAYWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -65,6 +68,30 @@ def live_redis_url() -> str:
 def live_postgres_dsn() -> str:
     """The test PostgreSQL DSN, once a connection has opened."""
     return _require(_ping_postgres, "PostgreSQL", POSTGRES_DSN)
+
+
+async def pump_until_read(pipeline: Pipeline, consumer: StreamConsumer, events: int) -> PumpStats:
+    """Pump the consumer's stream through the pipeline until the router has read ``events``
+    events and nothing is pending; returns the pump's statistics."""
+    stop = asyncio.Event()
+    source = StreamBatches(consumer, stop)
+
+    async def watch() -> None:
+        # Redis may not know the undelivered count (lag is then None), so the router's own
+        # count says when every event has been read.
+        while True:
+            seen = (await pipeline.router.stats.remote()).get("events", 0)
+            if seen == events and (await consumer.lag()).pending == 0:
+                stop.set()
+                return
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    stats = await pipeline.pump(
+        source.__aiter__(), ack=source.ack, dead_letter=source.dead_letter, stop=stop
+    )
+    await watcher
+    return stats
 
 
 @pytest.fixture

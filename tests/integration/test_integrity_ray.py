@@ -14,10 +14,10 @@ from rayworker.detect import Detector
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.integrity import INTEGRITY_RULE_ID
 from rayworker.pipeline.app import Pipeline
-from rayworker.pipeline.sources import StreamBatches
 from rayworker.rules import builtin_pack
 from rayworker.settings import load_settings
 from rayworker.sinks.factory import open_alert_store
+from tests.integration.conftest import pump_until_read
 from tests.integration.test_integrity_pipeline import KEYS, _traffic
 
 pytestmark = pytest.mark.integration
@@ -58,23 +58,7 @@ def test_ray_pipeline_raises_integrity_alerts_once(
         await pipeline.start(migrate=True)
         consumer = StreamConsumer.from_settings(settings)
         await consumer.ensure_group()
-        stop = asyncio.Event()
-        source = StreamBatches(consumer, stop)
-
-        async def watch() -> None:
-            while True:
-                seen = (await pipeline.router.stats.remote()).get("events", 0)
-                lag = await consumer.lag()
-                if seen == len(lines) and lag.pending == 0:
-                    stop.set()
-                    return
-                await asyncio.sleep(0.1)
-
-        watcher = asyncio.create_task(watch())
-        await pipeline.pump(
-            source.__aiter__(), ack=source.ack, dead_letter=source.dead_letter, stop=stop
-        )
-        await watcher
+        await pump_until_read(pipeline, consumer, len(lines))
         await pipeline.router.finish.remote()
         pipeline.stop()
         await consumer.close()

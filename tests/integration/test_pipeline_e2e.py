@@ -20,10 +20,11 @@ from rayworker.detect import Detector, DetectorConfig
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.pipeline.app import Pipeline
 from rayworker.pipeline.sinks import METRICS_ACTOR
-from rayworker.pipeline.sources import StreamBatches, paced_batches
+from rayworker.pipeline.sources import paced_batches
 from rayworker.rules import builtin_pack
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
+from tests.integration.conftest import pump_until_read
 
 pytestmark = pytest.mark.integration
 
@@ -125,25 +126,7 @@ def test_stream_to_postgres_equals_replay(
         await pipeline.start(migrate=True)
         consumer = StreamConsumer.from_settings(settings)
         await consumer.ensure_group()
-        stop = asyncio.Event()
-        source = StreamBatches(consumer, stop)
-
-        async def watch() -> None:
-            # Redis may not know the undelivered count (lag is then None, counted as 0), so
-            # the router's own count says when every event has been read.
-            while True:
-                seen = (await pipeline.router.stats.remote()).get("events", 0)
-                lag = await consumer.lag()
-                if seen == len(stream_lines) and lag.pending == 0:
-                    stop.set()
-                    return
-                await asyncio.sleep(0.1)
-
-        watcher = asyncio.create_task(watch())
-        stats = await pipeline.pump(
-            source.__aiter__(), ack=source.ack, dead_letter=source.dead_letter, stop=stop
-        )
-        await watcher
+        stats = await pump_until_read(pipeline, consumer, len(stream_lines))
         await pipeline.router.finish.remote()
         router_stats = await pipeline.router.stats.remote()
         pipeline.stop()

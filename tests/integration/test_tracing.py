@@ -27,10 +27,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.pipeline.app import Pipeline
-from rayworker.pipeline.sources import StreamBatches
 from rayworker.serve_app import collect, metrics_text
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
+from tests.integration.conftest import pump_until_read
 
 pytestmark = pytest.mark.integration
 
@@ -187,23 +187,8 @@ async def _run(settings: Settings, traceparent: str, tenant: str) -> tuple[Any, 
     await pipeline.start(migrate=True)
     consumer = StreamConsumer.from_settings(settings)
     await consumer.ensure_group()
-    stop = asyncio.Event()
-    source = StreamBatches(consumer, stop)
-
-    async def watch() -> None:
-        while True:
-            seen = (await pipeline.router.stats.remote()).get("events", 0)
-            if seen == 5 and (await consumer.lag()).pending == 0:
-                stop.set()
-                return
-            await asyncio.sleep(0.05)
-
-    watcher = asyncio.create_task(watch())
     try:
-        await pipeline.pump(
-            source.__aiter__(), ack=source.ack, dead_letter=source.dead_letter, stop=stop
-        )
-        await watcher
+        await pump_until_read(pipeline, consumer, 5)
         page = await metrics_text(settings, await collect(settings, attempts=1))
         await pipeline.flush_telemetry()
     finally:
