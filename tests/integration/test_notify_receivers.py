@@ -440,6 +440,9 @@ def test_email_over_starttls_with_auth_is_readable(tmp_path: Path) -> None:
             notifier.enqueue([make_alert(i, first_seen_s=start) for i in range(2)])
             await wait_until(lambda: bool(box.messages) or bool(dead.records))
             await notifier.drain(5)
+            # A closed STARTTLS connection finishes its TLS shutdown in later loop callbacks;
+            # let them run, or asyncio.run drops them and the socket is collected unclosed.
+            await asyncio.sleep(0.2)
             return dead
 
         dead = asyncio.run(run())
@@ -499,6 +502,9 @@ def test_email_with_a_wrong_password_is_dead_lettered_without_the_password(tmp_p
             notifier.enqueue([make_alert(1, first_seen_s=now_iso())])
             await wait_until(lambda: bool(dead.records))
             await notifier.drain(5)
+            # A closed STARTTLS connection finishes its TLS shutdown in later loop callbacks;
+            # let them run, or asyncio.run drops them and the socket is collected unclosed.
+            await asyncio.sleep(0.2)
             return dead
 
         dead = asyncio.run(run())
