@@ -38,9 +38,19 @@ from zoneinfo import ZoneInfo
 import msgspec
 import numpy as np
 import numpy.typing as npt
+from xxhash import xxh3_128_digest
 
 from rayworker.alerts import Alert, alert_id, fingerprint, iso_utc
 from rayworker.clock import Clock, SystemClock, now_us
+from rayworker.columnar import (
+    GROUP_BITS,
+    GROUP_MASK,
+    CountStore,
+    IdWords,
+    ValueVocab,
+    digest_ids,
+    encode_ids,
+)
 from rayworker.errors import ConfigError, StateError
 from rayworker.events import (
     DecodeResult,
@@ -48,9 +58,7 @@ from rayworker.events import (
     EventDecoder,
     Rejection,
     RejectReason,
-)
-from rayworker.events import (
-    _factorise as _factorise_values,
+    derive_event_id,
 )
 from rayworker.integrity import IntegrityConfig, IntegrityMonitor
 from rayworker.rules import (
@@ -84,6 +92,8 @@ _US = 1_000_000
 _VECTOR_MIN = 32  # below this many candidates the per-event path is as fast
 _NEVER = -(2**62)
 _SNAPSHOT_VERSION = 1
+_VOCAB_GC_MIN = 10_000  # forget unused group-value codes once the vocabularies reach this
+# (and twice what was live after the last time); 0 forgets after every batch, for tests.
 MAX_SIGNATURES = 63
 """Distinct rule signatures a router can route: one bit each in a uint64 per event."""
 PRIMARY_BIT = 63
@@ -267,6 +277,20 @@ class _RuleRuntime:
         self.group_names: tuple[str, ...] = tuple(rule.group_names)
         self.distinct_field: str | None = rule.field if isinstance(rule, DistinctRule) else None
         self.windows: dict[tuple[Any, ...], KeyWindow] = {}
+        # Count rules keep in-order keys in one columnar store; ``windows`` then holds only
+        # the keys the per-event path needs, and ``slow_codes`` maps their key codes back.
+        self.store: CountStore | None = None
+        if self.kind in ("threshold", "time_of_day", "sequence"):
+            self.store = CountStore(tagged=self.kind == "sequence")
+        self.store_keys = 0
+        self.slow_codes: dict[int, tuple[Any, ...]] = {}
+        self.combo: ValueVocab | None = ValueVocab() if len(self.group_specs) > 1 else None
+        # Settled events whose tags are exactly this are evicted (see KeyWindow.compact).
+        self.finished_tag: int | None = (
+            1 << (len(self.step_counts) - 1)
+            if self.step_counts and self.step_counts[-1] == 1
+            else None
+        )
         self.open: dict[tuple[Any, ...], dict[int, _Open]] = {}
         self._params: dict[str, _Params] = {}
         self._tables: dict[Any, npt.NDArray[np.bool_]] = {}
@@ -324,21 +348,28 @@ def _outside_hours(
     runtime: _RuleRuntime, batch: EventBatch, index: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.bool_]:
     """For time_of_day rules: which candidate events fall outside business hours."""
-    tenants = batch.tenants
+    codes, tenants = batch.codes("organizationId")
     out = np.zeros(len(index), dtype=np.bool_)
-    by_tenant: dict[str, list[int]] = {}
-    for j, i in enumerate(index.tolist()):
-        by_tenant.setdefault(tenants[i], []).append(j)
-    for tenant, rows in by_tenant.items():
+    # Tenants sharing business hours and time zone (usually all of them) go together.
+    group_of: dict[tuple[int, str], int] = {}
+    tables: list[tuple[npt.NDArray[np.bool_], ZoneInfo]] = []
+    tenant_group = np.full(len(tenants), -1, dtype=np.int64)
+    for code, tenant in enumerate(tenants):
         params = runtime.params(tenant)
         if params.outside is None or params.zone is None:
             continue
-        sel = np.asarray(rows, dtype=np.intp)
+        group = group_of.setdefault((id(params.outside), params.zone.key), len(tables))
+        if group == len(tables):
+            tables.append((params.outside, params.zone))
+        tenant_group[code] = group
+    event_group = tenant_group[codes[index]]
+    for group, (outside, zone) in enumerate(tables):
+        sel = np.flatnonzero(event_group == group)
         micros = batch.ts[index[sel]]
-        local = micros + _utc_offsets_us(params.zone, micros)
+        local = micros + _utc_offsets_us(zone, micros)
         minutes = (local // (60 * _US)) % 1440
         weekday = ((local // (86400 * _US)) + 3) % 7  # 1970-01-01 was a Thursday
-        out[sel] = params.outside[weekday * 1440 + minutes]
+        out[sel] = outside[weekday * 1440 + minutes]
     return out
 
 
@@ -355,6 +386,132 @@ class OffHoursScreen:
     def __call__(self, batch: EventBatch, index: npt.NDArray[np.intp]) -> npt.NDArray[np.bool_]:
         """For the events at ``index``: True where the rule could count them."""
         return _outside_hours(self._runtime, batch, index)
+
+
+class _LazyIds:
+    """A batch's event ids, made only where asked for: ``ids[i]`` as text, or the 128-bit
+    form of many (straight from the digest of the raw bytes when the producer sent none)."""
+
+    __slots__ = ("_digested", "batch")
+
+    def __init__(self, batch: EventBatch) -> None:
+        self.batch = batch
+        self._digested: IdWords | None = None
+
+    def __getitem__(self, i: int) -> str:
+        given = self.batch.events[i].id
+        return given if given is not None else derive_event_id(self.batch.raw[i])
+
+    def words(self, index: npt.NDArray[np.intp]) -> IdWords:
+        """The 128-bit ids of the events at ``index``, in that order."""
+        batch = self.batch
+        if self._digested is None and batch.values("id").count(None) == len(batch):
+            # No producer ids: every event's id is its digest, computed once for all rules.
+            digests = b"".join([xxh3_128_digest(r.strip()) for r in batch.raw])
+            self._digested = digest_ids(digests)
+        if self._digested is not None:
+            whole = self._digested
+            return IdWords(whole.hi[index], whole.lo[index], whole.named[index], [])
+        return encode_ids([self[i] for i in index.tolist()])
+
+
+@dataclass(slots=True)
+class _TenantTable:
+    """A rule's parameters per batch-local tenant code, as arrays (lower is -1 for None)."""
+
+    enabled: npt.NDArray[np.bool_]
+    lower: npt.NDArray[np.int64]
+    width: npt.NDArray[np.int64]
+    period: npt.NDArray[np.int64]
+
+
+class _BatchKeys:
+    """Codes of one batch shared by the rules of one call: tenants and group values."""
+
+    def __init__(self, detector: Detector, batch: EventBatch) -> None:
+        self.detector = detector
+        self.batch = batch
+        self._tenant_map: npt.NDArray[np.int64] | None = None
+        self._tenant_pcodes: npt.NDArray[np.int64] | None = None
+        self._specs: dict[tuple[str, ...], tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]] = {}
+        self._tables: dict[str, _TenantTable] = {}
+
+    def batch_tenant_codes(self) -> npt.NDArray[np.int32]:
+        """Each event's batch-local tenant code."""
+        return self.batch.codes("organizationId")[0]
+
+    def _tenants(self) -> npt.NDArray[np.int64]:
+        if self._tenant_map is None:
+            vocab = self.batch.codes("organizationId")[1]
+            self._tenant_map = self.detector._tenants.codes(vocab)
+        return self._tenant_map
+
+    def tenant_pcodes(self) -> npt.NDArray[np.int64]:
+        """Each event's persistent tenant code."""
+        if self._tenant_pcodes is None:
+            self._tenant_pcodes = self._tenants()[self.batch_tenant_codes()]
+        return self._tenant_pcodes
+
+    def tenant_pcodes_present(self) -> list[int]:
+        """The persistent codes of the batch's tenants."""
+        return [int(c) for c in self._tenants().tolist()]
+
+    def spec_values(self, spec: tuple[str, ...], index: list[int]) -> list[Any]:
+        """One group key's values (first non-missing path) for the events at ``index``."""
+        merged = self.batch.values_at(spec[0], index)
+        for path in spec[1:]:
+            other = self.batch.values_at(path, index)
+            merged = [m if m is not None else o for m, o in zip(merged, other, strict=True)]
+        return merged
+
+    def spec_codes(
+        self, spec: tuple[str, ...], index: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Persistent codes of one group key's values at ``index``, and where they are None."""
+        vocab = self.detector._spec_vocab(spec)
+        if len(spec) == 1 and len(index) * 4 >= len(self.batch):
+            cached = self._specs.get(spec)
+            if cached is None:
+                # One dict pass straight to persistent codes (no batch factorisation first).
+                column = self.batch.values(spec[0])
+                codes = vocab.codes(column)
+                none_code = vocab.code_if_known(None)
+                none = codes == none_code if none_code is not None else np.zeros(0, np.bool_)
+                cached = self._specs[spec] = (codes, none)
+            codes, none = cached
+            if not len(none):
+                return codes[index], np.zeros(len(index), dtype=np.bool_)
+            return codes[index], none[index]
+        values = self.spec_values(spec, index.tolist())
+        return vocab.codes(values), np.array([v is None for v in values], dtype=np.bool_)
+
+    def params(self, runtime: _RuleRuntime) -> _TenantTable:
+        """The rule's parameters per batch-local tenant code."""
+        table = self._tables.get(runtime.rule.id)
+        if table is None:
+            plist = [runtime.params(t) for t in self.batch.codes("organizationId")[1]]
+            table = self._tables[runtime.rule.id] = _TenantTable(
+                enabled=np.array([p.enabled for p in plist], dtype=np.bool_),
+                lower=np.array(
+                    [p.lower if p.lower is not None else -1 for p in plist], dtype=np.int64
+                ),
+                width=np.array([p.window_us for p in plist], dtype=np.int64),
+                period=np.array([p.suppression_us for p in plist], dtype=np.int64),
+            )
+        return table
+
+
+def _view(store: CountStore, code: int) -> KeyWindow:
+    """A throwaway window over one key's rows in a store (to describe a hit)."""
+    block = store.rows_of(code)
+    window = KeyWindow()
+    window.times, window.ids, window.tags, window.hits = (
+        block.times,
+        block.ids,
+        block.tags,
+        block.hits,
+    )
+    return window
 
 
 class Detector:
@@ -377,6 +534,10 @@ class Detector:
         self._lateness_us = round(self.config.allowed_lateness_s * _US)
         self._max_seen: dict[str, int] = {}
         self._rules = [_RuleRuntime(rule, self.overrides, self.config) for rule in pack.rules]
+        # Persistent codes of tenants and group values, for the columnar state of count rules.
+        self._tenants = ValueVocab()
+        self._group_vocabs: dict[tuple[str, ...], ValueVocab] = {}
+        self._live_codes = 0
         signatures = group_signatures(pack)
         if len(signatures) > MAX_SIGNATURES:
             msg = (
@@ -476,14 +637,18 @@ class Detector:
     ) -> None:
         metrics = result.metrics
         tenants = batch.tenants
-        ids = batch.ids()
+        ids = _LazyIds(batch)
         changed: dict[str, Alert] = {}
         duplicate_rows: set[int] = set()
+        ctx = _BatchKeys(self, batch)
         for runtime in self._rules:
             usable = usable_for(runtime)
             if not usable.any():
                 continue
-            self._run_rule(runtime, batch, usable, wm_after, ids, changed, duplicate_rows, metrics)
+            self._run_rule(
+                runtime, batch, usable, wm_after, ids, changed, duplicate_rows, metrics, ctx
+            )
+        self._maybe_forget_codes()
         for i in duplicate_rows:
             if primary[i]:
                 metrics.duplicates[tenants[i]] += 1
@@ -500,7 +665,9 @@ class Detector:
 
     def active_keys(self) -> int:
         """Number of (rule, tenant, group) keys holding window state."""
-        return sum(len(r.windows) for r in self._rules)
+        return sum(
+            len(r.windows) + (r.store.n_keys() if r.store is not None else 0) for r in self._rules
+        )
 
     def watermark(self, tenant: str) -> int | None:
         """A tenant's watermark in microseconds since the epoch, or None if unseen."""
@@ -511,22 +678,18 @@ class Detector:
 
     # --- rules -----------------------------------------------------------------------------
 
-    def _group_columns(self, runtime: _RuleRuntime, batch: EventBatch) -> list[list[Any]]:
-        return [self._group_columns_for(batch, spec) for spec in runtime.group_specs]
-
     def _candidates(
         self, runtime: _RuleRuntime, batch: EventBatch, usable: npt.NDArray[np.bool_]
-    ) -> tuple[npt.NDArray[np.bool_], list[int] | None]:
+    ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64] | None]:
         """Which events the rule counts, and for sequences each event's step bit mask."""
         mask = usable & runtime.predicate.mask(batch)
-        step_tags: list[int] | None = None
+        step_bits: npt.NDArray[np.int64] | None = None
         if runtime.steps:
-            bits = np.zeros(len(batch), dtype=np.int64)
+            step_bits = np.zeros(len(batch), dtype=np.int64)
             for k, step in enumerate(runtime.steps):
-                bits |= step.mask(batch).astype(np.int64) << k
-            mask &= bits != 0
-            step_tags = bits.tolist()
-        return mask, step_tags
+                step_bits |= step.mask(batch).astype(np.int64) << k
+            mask &= step_bits != 0
+        return mask, step_bits
 
     def _run_rule(  # noqa: PLR0915 - the per-event loop is hot and kept inline on purpose
         self,
@@ -534,12 +697,13 @@ class Detector:
         batch: EventBatch,
         usable: npt.NDArray[np.bool_],
         wm_after: npt.NDArray[np.int64],
-        ids: list[str],
+        ids: _LazyIds,
         changed: dict[str, Alert],
         duplicate_rows: set[int],
         metrics: MetricDeltas,
+        ctx: _BatchKeys,
     ) -> None:
-        mask, step_tags = self._candidates(runtime, batch, usable)
+        mask, step_bits = self._candidates(runtime, batch, usable)
         index = np.flatnonzero(mask)
         if runtime.kind == "time_of_day" and len(index):
             index = index[_outside_hours(runtime, batch, index)]
@@ -547,21 +711,34 @@ class Detector:
             return
         seen_candidates = len(index)
         counting = runtime.kind in ("threshold", "time_of_day")
-        if counting and len(index) >= _VECTOR_MIN:
-            index = self._vector_counting(runtime, batch, index, wm_after, ids, changed, metrics)
+        key_codes: list[int] | None = None
+        if runtime.store is not None and len(index) >= _VECTOR_MIN:
+            index, codes = self._vector_counting(
+                runtime, batch, index, wm_after, ids, changed, metrics, ctx, step_bits
+            )
+            key_codes = codes.tolist()
+        elif runtime.store is not None:
+            codes = self._key_codes(runtime, batch, index, ctx)[0]
+            if runtime.store is not None and len(runtime.store):
+                self._migrate_out(runtime, np.unique(codes))
+            key_codes = codes.tolist()
         if len(index) == 0:
             self._count_candidates(runtime, seen_candidates, changed, metrics)
             return
+        step_tags = step_bits.tolist() if step_bits is not None else None
         tenants = batch.tenants
-        columns = self._group_columns(runtime, batch)
+        idx_list = index.tolist()
+        # Columns of the candidates only (position j), not of the whole batch.
+        columns = [ctx.spec_values(spec, idx_list) for spec in runtime.group_specs]
         skip_missing = bool(runtime.rule.skip_missing)
         distinct_values = (
-            batch.values(runtime.distinct_field) if runtime.distinct_field is not None else None
+            batch.values_at(runtime.distinct_field, idx_list)
+            if runtime.distinct_field is not None
+            else None
         )
         times = batch.ts
         windows = runtime.windows
         cap = self.config.max_events_per_key
-        idx_list = index.tolist()
         times_list = times[index].tolist()
         wm_list = wm_after[index].tolist()
         updates: Counter[str] = Counter()
@@ -570,11 +747,11 @@ class Detector:
             params = runtime.params(tenant)
             if not params.enabled:
                 continue
-            group = tuple(column[i] for column in columns)
+            group = tuple(column[j] for column in columns)
             if skip_missing and None in group:
                 continue
             if distinct_values is not None:
-                tag: Any = distinct_values[i]
+                tag: Any = distinct_values[j]
                 if tag is None:
                     continue
                 if isinstance(tag, dict | list):
@@ -587,6 +764,8 @@ class Detector:
             window = windows.get(key)
             if window is None:
                 window = windows[key] = KeyWindow()
+                if key_codes is not None:
+                    runtime.slow_codes[key_codes[j]] = key
             t = times_list[j]
             wtimes = window.times
             if counting and (not wtimes or t > wtimes[-1]) and params.lower is not None:
@@ -639,7 +818,7 @@ class Detector:
     ) -> None:
         """Sweep a rule's keys once it has seen about as many events as it has keys."""
         runtime.events_since_sweep += n
-        if runtime.events_since_sweep >= max(len(runtime.windows), 10_000):
+        if runtime.events_since_sweep >= max(len(runtime.windows) + runtime.store_keys, 10_000):
             self._sweep(runtime, changed, metrics, final=False)
 
     def _vector_counting(  # noqa: PLR0915 - one vectorised pass over a dozen aligned arrays
@@ -648,158 +827,150 @@ class Detector:
         batch: EventBatch,
         index: npt.NDArray[np.intp],
         wm_after: npt.NDArray[np.int64],
-        ids: list[str],
+        ids: _LazyIds,
         changed: dict[str, Alert],
         metrics: MetricDeltas,
-    ) -> npt.NDArray[np.intp]:
-        """Count rules, vectorised: every key whose events in this batch arrive in time order
-        after its retained events is counted with numpy. This gives exactly what the per-event
-        path gives (in order, an event only completes its own window). The indices of the
-        remaining events (out of order, equal times, redeliveries) are returned, in arrival
-        order, for the per-event path.
+        ctx: _BatchKeys,
+        step_bits: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.int64]]:
+        """Count and sequence rules, vectorised over the rule's columnar store: every key whose
+        events in this batch arrive in time order after its retained events is evaluated with
+        numpy. This gives exactly what the per-event path gives (in order, an event only
+        completes its own window). The remaining events (out of order, redeliveries,
+        non-monotone conditions, and for sequences equal times) are returned in arrival order
+        with their key codes, for the per-event path; their keys' state has been moved to
+        per-key windows.
         """
+        sequence = step_bits is not None
+        store = runtime.store
+        if store is None:  # pragma: no cover - only count rules come here
+            msg = f"rule {runtime.rule.id!r} has no columnar state"
+            raise StateError(msg)
         m = len(index)
-        tenants = batch.tenants
-        # 1. A batch-local code per (tenant, group values) key.
-        value_lists: list[list[Any]] = []
-        combined = batch.codes("organizationId")[0][index].astype(np.int64)
-        typed = False  # does a column hold a bool or float (which must not merge with ints)?
-        for spec in runtime.group_specs:
-            if len(spec) == 1:
-                codes, vocab = batch.codes(spec[0])
-                sub = codes[index].astype(np.int64)
-                size = len(vocab)
-                value_lists.append(batch.values(spec[0]))
-            else:
-                merged = self._group_columns_for(batch, spec)
-                value_lists.append(merged)
-                sub_codes, vocab = _factorise_values([merged[i] for i in index.tolist()])
-                sub = sub_codes.astype(np.int64)
-                size = len(vocab)
-            typed = typed or any(type(v) is bool or type(v) is float for v in vocab)
-            combined = np.unique(combined * max(size, 1) + sub, return_inverse=True)[1]
-        _, first, kcode = np.unique(combined, return_index=True, return_inverse=True)
+        # 1. Persistent key codes, and the tenant's parameters, per candidate.
+        kc, missing = self._key_codes(runtime, batch, index, ctx)
+        table = ctx.params(runtime)
+        btc = ctx.batch_tenant_codes()[index]
+        ukeys, first, kcode = np.unique(kc, return_index=True, return_inverse=True)
         kcode = kcode.astype(np.int64)
-        n_keys = len(first)
-        rep = index[first].tolist()
-        keys = [(tenants[r], *(values[r] for values in value_lists)) for r in rep]
-        if typed:
-            keys = [_key(list(key)) for key in keys]
-
-        # 2. Per key: parameters, state, and whether it can take the fast path.
-        windows = runtime.windows
-        skip_missing = bool(runtime.rule.skip_missing)
-        params_k = [runtime.params(key[0]) for key in keys]
-        drop_k = np.array(
-            [
-                not p.enabled or (skip_missing and None in key[1:])
-                for p, key in zip(params_k, keys, strict=True)
-            ],
-            dtype=np.bool_,
-        )
-        slow_k = np.array([p.lower is None for p in params_k], dtype=np.bool_)
-        last_k = np.array(
-            [
-                (w.times[-1] if (w := windows.get(key)) is not None and w.times else _NEVER)
-                for key in keys
-            ],
-            dtype=np.int64,
-        )
-        arrival = np.arange(m)
+        tk = btc[first]
+        drop_k = ~table.enabled[tk]
+        if runtime.rule.skip_missing:
+            drop_k |= missing[first]
+        slow_k = table.lower[tk] < 0
+        if runtime.slow_codes:
+            self._migrate_in(runtime, ukeys[~slow_k & ~drop_k])
+        start, end = store.ranges(ukeys)
+        held_k = end > start
+        last_k = np.full(len(ukeys), _NEVER, dtype=np.int64)
+        if held_k.any():
+            last_k[held_k] = store.times[end[held_k] - 1]
         times_c = batch.ts[index]
-        # Eligibility is judged in arrival order: a key's times must never decrease.
-        by_arrival = np.lexsort((arrival, kcode))
+        # 2. Eligibility is judged in arrival order: a key's times must never decrease.
+        by_arrival = np.lexsort((np.arange(m), kcode))
         ks_a = kcode[by_arrival]
         ts_a = times_c[by_arrival]
         same_key = ks_a[1:] == ks_a[:-1]
         slow_k[ks_a[1:][same_key & (ts_a[1:] < ts_a[:-1])]] = True
+        if sequence:  # equal times can change earlier hits: the per-event path's business
+            slow_k[ks_a[1:][same_key & (ts_a[1:] == ts_a[:-1])]] = True
         starts = np.flatnonzero(np.r_[True, ~same_key])
         slow_k[ks_a[starts][ts_a[starts] <= last_k[ks_a[starts]]]] = True
         # Equal times are fine, unless the same event was delivered twice: that one is the
         # per-event path's (it drops the duplicate).
         ties = np.flatnonzero(same_key & (ts_a[1:] == ts_a[:-1])).tolist()
         if ties:
-            arrival_ids = [ids[i] for i in index[by_arrival].tolist()]
-            run_ids: set[str] = {arrival_ids[ties[0]]}
+            arrival = index[by_arrival]
+            run_ids: set[str] = {ids[int(arrival[ties[0]])]}
             for prev, pos in itertools.pairwise([-2, *ties]):
                 if pos != prev + 1:
-                    run_ids = {arrival_ids[pos]}
-                if arrival_ids[pos + 1] in run_ids:
+                    run_ids = {ids[int(arrival[pos])]}
+                following = ids[int(arrival[pos + 1])]
+                if following in run_ids:
                     slow_k[ks_a[pos]] = True
-                run_ids.add(arrival_ids[pos + 1])
+                run_ids.add(following)
+        if sequence:  # a key that could reach the state cap: the per-event path applies it
+            per_key = np.bincount(kcode, minlength=len(ukeys))
+            slow_k |= (end - start) + per_key > self.config.max_events_per_key
         fast_k = ~slow_k & ~drop_k
-        slow_positions = np.sort(by_arrival[(slow_k & ~drop_k)[ks_a]])
+        width_k = table.width[tk]
+        fts_all = ts_a[fast_k[ks_a]]
+        floor = span = 0
+        if len(fts_all):
+            floor = int(fts_all.min()) - int(width_k[fast_k].max()) - 1
+            span = int(fts_all.max()) - floor + 1
+            if len(ukeys) * span >= 2**62:  # an absurd time span in one batch
+                fast_k[:] = False
+        to_slow = ~fast_k & ~drop_k & held_k
+        if to_slow.any():
+            self._migrate_out(runtime, ukeys[to_slow])
+            start, end = store.ranges(ukeys)
+        slow_positions = np.sort(by_arrival[(~fast_k & ~drop_k)[ks_a]])
         remaining = index[slow_positions]
+        remaining_codes = kc[slow_positions]
         sel = fast_k[ks_a]
         if not sel.any():
-            return remaining
+            return remaining, remaining_codes
 
         # 3. Counts over (t - W, t]: batch events of the key plus its retained events. Sorted by
         # (key, time, arrival); equal times form runs that all see each other.
         fo = by_arrival[sel]
         fks = ks_a[sel]
         fts = ts_a[sel]
-        width_k = np.array([p.window_us for p in params_k], dtype=np.int64)
-        lower_k = np.array([p.lower or 0 for p in params_k], dtype=np.int64)
-        period_k = np.array([p.suppression_us for p in params_k], dtype=np.int64)
+        lower_k = table.lower[tk]
+        period_k = table.period[tk]
         width_e = width_k[fks]
-        floor = int(fts.min()) - int(width_k[fast_k].max())
-        span = int(fts.max()) - floor + 1
-        if n_keys * span >= 2**62:
-            return index  # an absurd time span in one batch: take the per-event path
         comp = fks * span + (fts - floor)
         positions = np.arange(len(comp))
         lo_b = np.searchsorted(comp, comp - width_e, side="right")
         run_end = np.searchsorted(comp, comp, side="right")
         run_start = np.searchsorted(comp, comp, side="left")
-        fast_keys = np.flatnonzero(fast_k).tolist()
-        seg = np.flatnonzero(np.r_[True, fks[1:] != fks[:-1]]).tolist()
-        seg_end = [*seg[1:], len(fks)]
-        ret_t: list[int] = []
-        ret_k: list[int] = []
-        before: dict[int, int] = {}
-        for k, a in zip(fast_keys, seg, strict=True):
-            window = windows.get(keys[k])
-            if window is None:
-                before[k] = 0
-                continue
-            before[k] = len(window.times)
-            cut = bisect_right(window.times, int(fts[a]) - int(width_k[k]))
-            tail = window.times[cut:]
-            ret_t.extend(tail)
-            ret_k.extend([k] * len(tail))
+        fast_keys = np.flatnonzero(fast_k)
+        before = end[fast_keys] - start[fast_keys]
         retained = np.zeros(len(comp), dtype=np.int64)
-        if ret_t:
-            ret_comp = np.array(ret_k, dtype=np.int64) * span + (
-                np.array(ret_t, dtype=np.int64) - floor
+        total = int(before.sum())
+        rows = np.zeros(0, dtype=np.int64)
+        ret_comp = np.zeros(0, dtype=np.int64)
+        if total:
+            offsets = np.cumsum(before) - before
+            rows = np.repeat(start[fast_keys] - offsets, before) + np.arange(total)
+            ret_comp = np.repeat(fast_keys, before) * span + (
+                np.maximum(store.times[rows], floor) - floor
             )
             retained = np.searchsorted(ret_comp, (fks + 1) * span, side="left") - np.searchsorted(
                 ret_comp, comp - width_e, side="right"
             )
-        lower_e = lower_k[fks]
-        hit = (run_end - lo_b + retained) >= lower_e
-        # The count when this event arrived: the condition first held at the first such event.
-        held_on_arrival = (positions - lo_b + 1 + retained) >= lower_e
+        if step_bits is not None:
+            hit = self._sequence_hits(
+                runtime, store, rows, ret_comp, comp, width_e, step_bits[index[fo]]
+            )
+            held_on_arrival = hit
+        else:
+            lower_e = lower_k[fks]
+            hit = (run_end - lo_b + retained) >= lower_e
+            # The count when this event arrived: the condition first held at the first such
+            # event.
+            held_on_arrival = (positions - lo_b + 1 + retained) >= lower_e
 
-        # 4. Append to the windows in (time, id) order, then turn hits into alerts.
+        # 4. Add to the store in (key, time, id) order, then turn hits into alerts.
         event_index = index[fo]
-        t_list = fts.tolist()
-        id_list = [ids[i] for i in event_index.tolist()]
+        id_rows = event_index
         if np.any(run_end - run_start > 1):
+            id_rows = event_index.copy()
             for a, b in _runs(run_start, run_end):
-                id_list[a:b] = sorted(id_list[a:b])
-        hit_bytes = hit.astype(np.uint8).tobytes()
-        wm_e = wm_after[event_index].tolist()
-        for k, a, b in zip(fast_keys, seg, seg_end, strict=True):
-            window = windows.get(keys[k])
-            if window is None:
-                window = windows[keys[k]] = KeyWindow()
-            window.times.extend(t_list[a:b])
-            window.ids.extend(id_list[a:b])
-            window.tags.extend([None] * (b - a))
-            window.hits.extend(hit_bytes[a:b])
+                id_rows[a:b] = sorted(id_rows[a:b].tolist(), key=ids.__getitem__)
+        store.insert(
+            ukeys[fks],
+            fts,
+            ids.words(id_rows),
+            hit.astype(np.uint8),
+            step_bits[index[fo]] if step_bits is not None else None,
+        )
         hit_at = np.flatnonzero(hit)
         if len(hit_at):
+            wm_e = wm_after[event_index]
+            before_k = np.zeros(len(ukeys), dtype=np.int64)
+            before_k[fast_keys] = before
             periods = period_k[fks[hit_at]]
             starts_p = (fts[hit_at] // periods) * periods
             boundary = np.r_[
@@ -808,24 +979,26 @@ class Detector:
             group_first = np.flatnonzero(boundary).tolist()
             group_end = [*group_first[1:], len(hit_at)]
             hit_list = hit_at.tolist()
-            seg_of = dict(zip(fast_keys, seg, strict=True))
             held = held_on_arrival.tolist()
             run_end_list = run_end.tolist()
+            t_list = fts.tolist()
             updates: Counter[str] = Counter()
             for g0, g1 in zip(group_first, group_end, strict=True):
                 j0 = hit_list[g0]
                 k = int(fks[j0])
-                key = keys[k]
-                start = int(starts_p[g0])
+                code = int(ukeys[k])
+                key = self._key_tuple(runtime, code)
+                start_p = int(starts_p[g0])
                 open_periods = runtime.open.get(key)
-                current = open_periods.get(start) if open_periods else None
+                current = open_periods.get(start_p) if open_periods else None
                 n_hits = g1 - g0
                 if current is None:
-                    window = windows[key]
-                    q = before[k] + (j0 - seg_of[k])
+                    window = _view(store, code)
+                    q = int(before_k[k]) + j0 - int(np.searchsorted(fks, k))
                     fired = next(j for j in range(j0, run_end_list[j0]) if held[j])
-                    self._hit(runtime, key, window, q, wm_e[fired], params_k[k], changed, metrics)
-                    current = runtime.open[key][start]
+                    params = runtime.params(key[0])
+                    self._hit(runtime, key, window, q, int(wm_e[fired]), params, changed, metrics)
+                    current = runtime.open[key][start_p]
                     n_hits -= 1
                 alert = current.alert
                 if n_hits:
@@ -836,19 +1009,183 @@ class Detector:
             for tenant, n_updates in updates.items():
                 metrics.alert_updates[(tenant, runtime.rule.id)] += n_updates
 
-        # 5. Evict what the watermark has passed.
-        for k, b in zip(fast_keys, seg_end, strict=True):
-            window = windows[keys[k]]
-            params = params_k[k]
-            wm = wm_e[b - 1]
-            if window.times[0] <= wm - params.window_us or (
-                params.keep is not None and len(window.times) > params.keep + 32
-            ):
-                window.compact(wm, params.window_us, params.keep, distinct=False)
-        return remaining
+        # 5. Evict what the watermark has passed, for the tenants of this batch.
+        self._compact_store(runtime, ctx.tenant_pcodes_present())
+        return remaining, remaining_codes
 
-    def _group_columns_for(self, batch: EventBatch, spec: tuple[str, ...]) -> list[Any]:
-        return group_column(batch, spec)
+    def _sequence_hits(
+        self,
+        runtime: _RuleRuntime,
+        store: CountStore,
+        rows: npt.NDArray[np.int64],
+        ret_comp: npt.NDArray[np.int64],
+        comp: npt.NDArray[np.int64],
+        width_e: npt.NDArray[np.int64],
+        tags_e: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.bool_]:
+        """Which in-order batch events complete the sequence, as :func:`sequence_at` decides.
+
+        Retained rows (``rows`` of the store, at ``ret_comp``) and batch events (at ``comp``,
+        strictly later per key, no equal times) are merged per key; the greedy scan becomes,
+        per step, a search in the prefix counts of that step's events.
+        """
+        n_ret = len(rows)
+        tags_r = store.tags[rows] if store.tags is not None else np.zeros(n_ret, dtype=np.int64)
+        all_comp = np.concatenate([ret_comp, comp])
+        all_tags = np.concatenate([tags_r, tags_e])
+        order = np.argsort(all_comp, kind="stable")
+        all_comp = all_comp[order]
+        all_tags = all_tags[order]
+        pos = np.empty(len(order), dtype=np.int64)
+        pos[order] = np.arange(len(order))
+        pos = pos[n_ret:]
+        lo = np.searchsorted(all_comp, comp - width_e, side="right")
+        counts = runtime.step_counts
+        last = len(counts) - 1
+        ok = (tags_e & (1 << last)) != 0
+        p = lo
+        for stage in range(last):
+            prefix = np.r_[0, np.cumsum((all_tags >> stage) & 1)]
+            target = prefix[p] + counts[stage]
+            done = np.searchsorted(prefix, target, side="left") - 1
+            ok &= done < pos
+            p = np.where(ok, done + 1, p)
+        need = counts[last] - 1
+        if need:
+            prefix = np.r_[0, np.cumsum((all_tags >> last) & 1)]
+            ok &= prefix[pos] - prefix[p] >= need
+        return np.asarray(ok, dtype=np.bool_)
+
+    # --- columnar state of count rules ----------------------------------------------------
+
+    def _key_codes(
+        self,
+        runtime: _RuleRuntime,
+        batch: EventBatch,
+        index: npt.NDArray[np.intp],
+        ctx: _BatchKeys,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """Persistent key codes of the events at ``index``, and whether a group value is None."""
+        codes = ctx.tenant_pcodes()[index] << GROUP_BITS
+        specs = runtime.group_specs
+        if not specs:
+            return codes, np.zeros(len(index), dtype=np.bool_)
+        if len(specs) == 1:
+            group, missing = ctx.spec_codes(specs[0], index)
+            return codes | group, missing
+        combo = runtime.combo
+        if combo is None:  # pragma: no cover - built with the runtime for several specs
+            msg = f"rule {runtime.rule.id!r} has no group vocabulary"
+            raise StateError(msg)
+        idx = index.tolist()
+        columns = [ctx.spec_values(spec, idx) for spec in specs]
+        combos = list(zip(*columns, strict=True))
+        missing = np.array([any(v is None for v in c) for c in combos], dtype=np.bool_)
+        return codes | combo.codes(combos), missing
+
+    def _code_of(self, runtime: _RuleRuntime, key: tuple[Any, ...]) -> int:
+        """The persistent code of a key tuple (assigning codes as needed)."""
+        plain = _plain(key)
+        code = self._tenants.code(plain[0]) << GROUP_BITS
+        specs = runtime.group_specs
+        if len(specs) == 1:
+            code |= self._spec_vocab(specs[0]).code(plain[1])
+        elif specs and runtime.combo is not None:
+            code |= runtime.combo.code(tuple(plain[1:]))
+        return code
+
+    def _key_tuple(self, runtime: _RuleRuntime, code: int) -> tuple[Any, ...]:
+        """The key tuple of a persistent key code."""
+        tenant = self._tenants.values[code >> GROUP_BITS]
+        group = code & GROUP_MASK
+        specs = runtime.group_specs
+        if not specs:
+            return (tenant,)
+        if len(specs) == 1:
+            return _key([tenant, self._spec_vocab(specs[0]).values[group]])
+        combo = runtime.combo
+        values = combo.values[group] if combo is not None else ()
+        return _key([tenant, *values])
+
+    def _spec_vocab(self, spec: tuple[str, ...]) -> ValueVocab:
+        vocab = self._group_vocabs.get(spec)
+        if vocab is None:
+            vocab = self._group_vocabs[spec] = ValueVocab()
+        return vocab
+
+    def _migrate_out(self, runtime: _RuleRuntime, codes: npt.NDArray[np.int64]) -> None:
+        """Move keys from the columnar store to per-key windows (for the per-event path)."""
+        if runtime.store is None:
+            return
+        for block in runtime.store.take(codes):
+            key = self._key_tuple(runtime, block.code)
+            window = KeyWindow()
+            window.times = block.times
+            window.ids = block.ids
+            window.tags = block.tags
+            window.hits = block.hits
+            runtime.windows[key] = window
+            runtime.slow_codes[block.code] = key
+
+    def _migrate_in(self, runtime: _RuleRuntime, codes: npt.NDArray[np.int64]) -> None:
+        """Move keys with monotone conditions from per-key windows back to the store."""
+        store = runtime.store
+        if store is None:
+            return
+        slow = runtime.slow_codes
+        keys: list[int] = []
+        times: list[int] = []
+        event_ids: list[str] = []
+        tags: list[Any] = []
+        hits = bytearray()
+        for code in sorted(codes.tolist()):
+            key = slow.pop(code, None)
+            if key is None:
+                continue
+            window = runtime.windows.pop(key, None)
+            if window is not None and window.times:
+                keys.extend([code] * len(window.times))
+                times.extend(window.times)
+                event_ids.extend(window.ids)
+                tags.extend(window.tags)
+                hits.extend(window.hits)
+        if keys:
+            store.insert(
+                np.array(keys, dtype=np.int64),
+                np.array(times, dtype=np.int64),
+                encode_ids(event_ids),
+                np.frombuffer(bytes(hits), dtype=np.uint8),
+                np.array(tags, dtype=np.int64) if store.tags is not None else None,
+            )
+
+    def _compact_store(self, runtime: _RuleRuntime, tenant_codes: Iterable[int]) -> None:
+        """Evict store rows of these tenants' keys that their watermarks have passed."""
+        store = runtime.store
+        if store is None or not len(store):
+            return
+        size = len(self._tenants.values)
+        wm = np.full(size, _NEVER, dtype=np.int64)
+        width = np.zeros(size, dtype=np.int64)
+        keep = np.full(size, 2**62, dtype=np.int64)
+        values = self._tenants.values
+        for c in tenant_codes:
+            tenant = values[c]
+            seen = self._max_seen.get(tenant)
+            if seen is None:
+                continue
+            params = runtime.params(tenant)
+            wm[c] = seen - self._lateness_us
+            width[c] = params.window_us
+            if params.keep is not None:
+                keep[c] = params.keep
+        tenant_of = store.keys >> GROUP_BITS
+        store.compact(
+            wm[tenant_of],
+            width[tenant_of],
+            keep[tenant_of] if runtime.kind != "sequence" else None,
+            runtime.finished_tag,
+        )
+        runtime.store_keys = store.n_keys()
 
     def _after_insert(
         self,
@@ -1074,6 +1411,15 @@ class Detector:
     ) -> None:
         """Visit every key: settle, evict, and forget keys with nothing left."""
         runtime.events_since_sweep = 0
+        store = runtime.store
+        if not final and store is not None:
+            if len(store):
+                tenants = np.flatnonzero(np.bincount(store.keys >> GROUP_BITS)).tolist()
+                self._compact_store(runtime, tenants)
+            for key in [k for k in runtime.open if k not in runtime.windows]:
+                seen = self._max_seen.get(key[0])
+                if seen is not None:
+                    self._close_periods(runtime, key, seen - self._lateness_us)
         for key in list(runtime.windows):
             window = runtime.windows[key]
             tenant = key[0]
@@ -1094,6 +1440,57 @@ class Detector:
                 if not window.times and key not in runtime.open:
                     del runtime.windows[key]
 
+    def _maybe_forget_codes(self) -> None:
+        """Free the codes of tenants and group values no state refers to any more."""
+        total = len(self._tenants) + sum(len(v) for v in self._group_vocabs.values())
+        total += sum(len(r.combo) for r in self._rules if r.combo is not None)
+        if _VOCAB_GC_MIN and total < max(_VOCAB_GC_MIN, 2 * self._live_codes):
+            return
+        live_tenants: set[int] = set()
+        live_groups: dict[tuple[str, ...], set[int]] = {}
+        for runtime in self._rules:
+            if runtime.store is None:
+                continue
+            runtime.slow_codes = {
+                c: k for c, k in runtime.slow_codes.items() if k in runtime.windows
+            }
+            codes = np.concatenate(
+                [runtime.store.key_codes(), np.array(list(runtime.slow_codes), dtype=np.int64)]
+            )
+            live_tenants.update((codes >> GROUP_BITS).tolist())
+            groups = (codes & GROUP_MASK).tolist()
+            if len(runtime.group_specs) == 1:
+                live_groups.setdefault(runtime.group_specs[0], set()).update(groups)
+            elif runtime.combo is not None:
+                runtime.combo.retain(groups)
+        self._tenants.retain(live_tenants)
+        for spec, vocab in self._group_vocabs.items():
+            vocab.retain(live_groups.get(spec, set()))
+        total = len(self._tenants) + sum(len(v) for v in self._group_vocabs.values())
+        self._live_codes = total + sum(len(r.combo) for r in self._rules if r.combo is not None)
+
+    def _store_snapshot(self, runtime: _RuleRuntime) -> list[list[Any]]:
+        """A count rule's columnar keys in the per-key window format of a snapshot."""
+        if runtime.store is None:
+            return []
+        return [
+            [_plain(self._key_tuple(runtime, b.code)), [b.times, b.ids, b.tags, list(b.hits), 0]]
+            for b in runtime.store.blocks()
+        ]
+
+    def _adopt_windows(self, runtime: _RuleRuntime) -> None:
+        """After a restore: move count-rule keys with monotone conditions into the store."""
+        if runtime.store is None:
+            return
+        codes = []
+        for key in runtime.windows:
+            code = self._code_of(runtime, key)
+            runtime.slow_codes[code] = key
+            if runtime.params(key[0]).lower is not None:
+                codes.append(code)
+        self._migrate_in(runtime, np.array(codes, dtype=np.int64))
+        runtime.store_keys = runtime.store.n_keys()
+
     # --- snapshot / restore ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -1103,7 +1500,10 @@ class Detector:
             rules[runtime.rule.id] = {
                 "version": runtime.rule.version,
                 "events_since_sweep": runtime.events_since_sweep,
-                "keys": [[_plain(k), w.snapshot()] for k, w in runtime.windows.items()],
+                "keys": [
+                    *([_plain(k), w.snapshot()] for k, w in runtime.windows.items()),
+                    *self._store_snapshot(runtime),
+                ],
                 "open": [
                     [_plain(k), o.first_t, o.first_id, _alert_state(o.alert)]
                     for k, periods in runtime.open.items()
@@ -1159,6 +1559,7 @@ class Detector:
                 runtime.events_since_sweep = int(data.get("events_since_sweep", 0))
                 for key, window in data["keys"]:
                     runtime.windows[_key(key)] = KeyWindow.restore(window)
+                detector._adopt_windows(runtime)
                 for key, first_t, first_id, state in data["open"]:
                     alert = Alert(**state)
                     periods = runtime.open.setdefault(_key(key), {})
@@ -1224,7 +1625,7 @@ def screen_batch(
     if n == 0:
         return result, accepted, np.zeros(0, dtype=np.int64)
     lateness_us = round(config.allowed_lateness_s * _US)
-    wm_after, late = _advance_watermarks(max_seen, lateness_us, tenants, batch.ts, accepted)
+    wm_after, late = _advance_watermarks(max_seen, lateness_us, batch, accepted)
     if late.any():
         ids = batch.ids()
         for i in np.flatnonzero(late).tolist():
@@ -1233,7 +1634,11 @@ def screen_batch(
             )
             metrics.late[tenants[i]] += 1
     usable = accepted & ~late
-    metrics.events.update(t for t, ok in zip(tenants, usable.tolist(), strict=True) if ok)
+    codes, vocab = batch.codes("organizationId")
+    per_tenant = np.bincount(codes[usable], minlength=len(vocab)).tolist()
+    for code, count in enumerate(per_tenant):
+        if count:
+            metrics.events[vocab[code]] += count
     if integrity is not None:
         result.alerts.extend(
             integrity.raise_alerts(batch, checked, wm_after, max_seen, lateness_us, metrics)
@@ -1256,6 +1661,62 @@ def integrity_monitor(
 
 
 def _advance_watermarks(
+    max_seen: dict[str, int],
+    lateness: int,
+    batch: EventBatch,
+    accepted: npt.NDArray[np.bool_],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Per event: the tenant's watermark after it, and whether it was late.
+
+    Vectorised as a running maximum per tenant (tenants are made disjoint by offsets); the
+    per-event loop is kept for time spans too wide for the offsets.
+    """
+    codes, vocab = batch.codes("organizationId")
+    ts = batch.ts
+    prior = np.array([max_seen.get(t, _NEVER) for t in vocab], dtype=np.int64)
+    known = prior != _NEVER
+    lo = int(ts.min())
+    hi = int(ts.max())
+    if known.any():
+        lo = min(lo, int(prior[known].min()))
+        hi = max(hi, int(prior[known].max()))
+    width = hi - lo + 2
+    if width * (len(vocab) + 1) >= 2**62:
+        return _advance_watermarks_loop(max_seen, lateness, batch.tenants, ts, accepted)
+    # Shifted so that 0 means "nothing seen" and each tenant's values sit above the previous.
+    value = np.where(accepted, ts - lo + 1, 0)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order].astype(np.int64)
+    offset = sorted_codes * width
+    running = np.maximum.accumulate(value[order] + offset) - offset
+    prior_v = np.where(known, prior - lo + 1, 0)[sorted_codes]
+    after_v = np.maximum(running, prior_v)
+    before_v = np.empty_like(after_v)
+    before_v[0] = prior_v[0]
+    same = sorted_codes[1:] == sorted_codes[:-1]
+    before_v[1:] = np.where(same, after_v[:-1], prior_v[1:])
+    seen_after = np.empty_like(after_v)
+    seen_before = np.empty_like(after_v)
+    seen_after[order] = after_v
+    seen_before[order] = before_v
+    t_v = ts - lo + 1
+    late = accepted & (seen_before > 0) & (t_v < seen_before - lateness)
+    wm_after = np.where(
+        accepted,
+        seen_after + (lo - 1) - lateness,
+        np.where(seen_before > 0, seen_before + (lo - 1), ts) - lateness,
+    )
+    last = np.zeros(len(vocab), dtype=np.int64)
+    np.maximum.at(last, codes, value)
+    for code in np.flatnonzero(last > 0).tolist():
+        seen = int(last[code]) + lo - 1
+        tenant = vocab[code]
+        if seen > max_seen.get(tenant, _NEVER):
+            max_seen[tenant] = seen
+    return wm_after.astype(np.int64), late
+
+
+def _advance_watermarks_loop(
     max_seen: dict[str, int],
     lateness: int,
     tenants: list[str],
