@@ -47,6 +47,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--events", type=Path, help="read this JSONL file instead of the stream")
     run.add_argument("--migrate", action="store_true", help="apply pending alert-store migrations")
     run.add_argument("--no-serve", action="store_true", help="do not start the health endpoints")
+    run.add_argument(
+        "--fresh-state",
+        action="store_true",
+        help=(
+            "discard the checkpoints of an earlier run (its windows and suppression) instead "
+            "of resuming from them"
+        ),
+    )
     run.add_argument("--quiet", action="store_true", help="no periodic status lines")
     run.set_defaults(handler=_run)
 
@@ -88,8 +96,8 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
 
     err = Console(file=sys.stderr, highlight=False)
     err.print(f"settings: {json.dumps(settings.public(), default=str)}")
-    pipeline = Pipeline(settings)
-    await pipeline.start(migrate=args.migrate)
+    pipeline = Pipeline(settings, recoverable=settings.source == "redis")
+    await pipeline.start(migrate=args.migrate, fresh_state=args.fresh_state)
     err.print(f"ray: {pipeline.address}; {settings.shards} shards, router started")
     stop = _stop_on_signals()
 
@@ -108,10 +116,10 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         if settings.source == "redis":
             from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
 
-            consumer = StreamConsumer.from_settings(settings)
+            consumer = StreamConsumer.from_settings(settings, replays_pending=pipeline.recoverable)
             try:
                 await consumer.ensure_group()
-                source = StreamBatches(consumer, stop)
+                source = StreamBatches(consumer, stop, poison_attempts=settings.poison_attempts)
                 # Serve last: /readyz reports the source's lag, so the source exists first.
                 serve_started = _serve_unless(args.no_serve, settings, err)
                 stats = await pipeline.pump(
@@ -120,6 +128,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
                     dead_letter=source.dead_letter,
                     stop=stop,
                     on_progress=progress,
+                    replay=source.replay,
                 )
             finally:
                 await consumer.close()
@@ -137,6 +146,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         err.print(
             f"stopped after {stats.events:,} events in {stats.elapsed_s:.1f} s "
             f"({stats.rate:,.0f}/s); {stats.rejected:,} rejected, {stats.late:,} late"
+            + (f", {stats.recoveries - 1} recoveries" if stats.recoveries > 1 else "")
         )
     finally:
         await pipeline.flush_telemetry()

@@ -106,6 +106,10 @@ class RejectReason(StrEnum):
     UNVERIFIABLE = "unverifiable"
     """Signed, but the signature cannot be checked under the tenant's ``require`` policy: no
     HMAC key is configured for the tenant, or the ``algorithm`` is not HMAC-SHA256."""
+    POISON = "poison"
+    """Its stream entry failed processing ``poison_attempts`` times (a shard crashed or raised
+    on it): dead-lettered with its history so the rest of the stream flows; the decoder
+    itself never gives this reason."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +505,15 @@ class EventBatch:
             self._values[path] = cached
         return cached
 
+    def values_at(self, path: str, index: Sequence[int]) -> list[Any]:
+        """The values at a dotted path of the events at ``index`` (None when missing)."""
+        cached = self._values.get(path)
+        if cached is not None:
+            return [cached[i] for i in index]
+        get = _getter(path)
+        events = self.events
+        return [get(events[i]) for i in index]
+
     def codes(self, path: str) -> tuple[npt.NDArray[np.int32], list[Any]]:
         """The column factorised: ``vocab[codes[i]]`` is event i's value."""
         cached = self._codes.get(path)
@@ -559,10 +572,11 @@ class EventBatch:
 
 
 def _factorise(values: list[Any]) -> tuple[npt.NDArray[np.int32], list[Any]]:
-    table: dict[Any, int] = {}
     try:
-        codes = [table.setdefault(v, len(table)) for v in values]
-        vocab = list(table)
+        # dict.fromkeys and map(dict.get) run the per-value work in C; first-seen order.
+        vocab = list(dict.fromkeys(values))
+        table = dict(zip(vocab, range(len(vocab)), strict=True))
+        codes = list(map(table.get, values))
         # 1 == 1.0 == True share a dict slot; keep them apart when the column mixes them.
         if any(isinstance(v, bool | int | float) for v in vocab):
             kinds = set(map(type, values)) & {bool, int, float}

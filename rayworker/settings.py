@@ -236,6 +236,31 @@ class Settings(BaseSettings):
     max_inflight: int = Field(4, ge=1, description="unanswered batches per shard (back-pressure)")
     shard_cpus: float = Field(0.5, ge=0)
 
+    # --- recovery ----------------------------------------------------------------------
+    checkpoint_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "seconds between checkpoints of a stream pipeline's state (alerts_dsn's database);"
+            " entries are acknowledged once a checkpoint covers them. 0: no checkpoints (a"
+            " crash then loses window state)"
+        ),
+    )
+    recovery_timeout_s: float = Field(
+        120.0, gt=0, description="how long recovery waits for a restarted actor to answer"
+    )
+    poison_attempts: int = Field(
+        3, ge=1, description="an entry whose processing failed this often is dead-lettered"
+    )
+    fault_poison: str | None = Field(
+        None,
+        min_length=1,
+        description=(
+            "fault injection for chaos tests: a shard fails every batch holding an event that"
+            " contains this text. Leave unset in production"
+        ),
+    )
+
     # --- detection ---------------------------------------------------------------------
     rules_path: Path | None = None
     overrides_path: Path | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rayworker.ingest.redis_streams import (
     BAD_ENTRY,
+    ConsumerHealth,
     IngestError,
     StreamConsumer,
     StreamEntry,
@@ -13,6 +14,7 @@ from rayworker.ingest.redis_streams import (
 
 __all__ = [
     "BAD_ENTRY",
+    "ConsumerHealth",
     "IngestError",
     "StreamConsumer",
     "StreamEntry",

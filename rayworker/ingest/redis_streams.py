@@ -34,21 +34,46 @@ bytes, verbatim), ``entry`` (the source entry id, empty when unknown) and ``at``
 UTC). For a bad entry, ``payload`` is a JSON object of the entry's fields (values as UTF-8,
 invalid bytes backslash-escaped) since there is no single event to keep.
 
-Failures of Redis raise :class:`IngestError` naming the command and what to check. The
-stream URL never appears in a message or a repr: it may hold a password.
+Outages and restarts of Redis do not stop the consumer (:meth:`StreamConsumer.health` tells
+how it fares):
+
+* Connection lost: :meth:`~StreamConsumer.read` returns ``[]`` after a capped, growing pause,
+  so the caller's loop goes on without spinning, and tries again on the next call;
+  :meth:`~StreamConsumer.ack`, :meth:`~StreamConsumer.dead_letter`,
+  :meth:`~StreamConsumer.read_pending` and :meth:`~StreamConsumer.deliveries` wait (retrying
+  with the same backoff) until Redis answers, so nothing is acknowledged or dead-lettered by
+  halves. redis-py's own reconnect retries (about 10 attempts, up to 1 s apart) come first.
+* Group gone (``NOGROUP``: a Redis that keeps nothing on disk restarted, or the key was
+  deleted): the group is recreated with ``MKSTREAM`` at id ``0``, so every entry producers
+  wrote since is read. The entries this consumer had read and not acked are no longer pending
+  anywhere: they are counted in ``lost_pending`` and logged at WARNING on
+  ``rayworker.ingest``. The caller still holds them and may finish and ack them (acks of ids
+  the group no longer knows return 0, they do not raise); what a crash would have re-delivered
+  is what is lost, with whatever was written and not yet read before the restart, which no
+  consumer can count.
+
+Other failures (a wrong key type, missing permissions, an unreachable Redis in
+:meth:`~StreamConsumer.ensure_group` at start-up) raise :class:`IngestError` naming the command
+and what to check. The stream URL never appears in a message, a log line or a repr: it may
+hold a password.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Self, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rayworker.errors import ConfigError, InputError
 from rayworker.events import Rejection
@@ -56,6 +81,7 @@ from rayworker.settings import Settings
 
 __all__ = [
     "BAD_ENTRY",
+    "ConsumerHealth",
     "IngestError",
     "StreamConsumer",
     "StreamEntry",
@@ -80,6 +106,8 @@ _PIPELINE_CHUNK: Final = 1_000
 # read() spends claiming even when the group's pending list is huge.
 _CLAIM_PAGES: Final = 10
 _START: Final = "0-0"
+
+_log = logging.getLogger("rayworker.ingest")
 
 _T = TypeVar("_T")
 _Record = tuple[Any, Any]  # (entry id, fields) as redis-py parses a stream entry
@@ -116,6 +144,29 @@ class StreamLag:
         """Pending plus undelivered; None when the undelivered count is unknown, because a
         lower bound passed off as the lag would hide a consumer that is falling behind."""
         return None if self.undelivered is None else self.pending + self.undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerHealth:
+    """How a consumer fares against Redis outages and restarts (:meth:`StreamConsumer.health`)."""
+
+    connected: bool
+    """False from a connection failure until Redis answers again."""
+    last_error: str | None
+    """The latest failure (command and error type, or the server's NOGROUP reply); kept after
+    recovery so a report can say what happened."""
+    down_since: float | None
+    """Monotonic time the current outage began; None while connected."""
+    resets: int
+    """Times this consumer found its group gone and recreated it (a Redis restart that kept
+    nothing, or a deleted key)."""
+    reset_at: float | None
+    """Monotonic time of the latest of those resets; None before the first."""
+    lost_pending: int
+    """Entries this consumer had read and not acked when its group vanished: no longer
+    pending, so a crash before they are done would not re-deliver them."""
+    in_flight: int
+    """Entries read and not acked now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +210,22 @@ def _failure(stream: str, what: str, exc: BaseException) -> IngestError:
         hint = "check that Redis is up and reachable from this process (RAYWORKER_STREAM_URL)"
     msg = f"{what} on Redis stream {stream!r} failed ({detail}); {hint}"
     return IngestError(msg)
+
+
+def _what(exc: IngestError) -> str:
+    # _failure() starts every message with the command's name.
+    return str(exc).split(" on Redis stream ", 1)[0]
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` (an IngestError from _call/_execute) means Redis could not be reached."""
+    cause = exc.__cause__
+    return isinstance(cause, RedisConnectionError | RedisTimeoutError | OSError)
+
+
+def _is_nogroup(exc: BaseException) -> bool:
+    cause = exc.__cause__
+    return isinstance(cause, ResponseError) and str(cause).startswith("NOGROUP")
 
 
 def _check_client(client: aioredis.Redis) -> None:
@@ -227,6 +294,8 @@ class StreamConsumer:
     (:meth:`close` leaves it open); :meth:`from_settings` builds a client the consumer owns.
     ``count`` is the most entries one XREADGROUP returns, ``block_ms`` how long it waits for
     new ones (0: it does not wait). Create the group with :meth:`ensure_group` before reading.
+    While Redis is unreachable, calls pause ``retry_initial_s`` doubling up to ``retry_max_s``
+    (with jitter) between attempts.
     """
 
     def __init__(
@@ -241,11 +310,24 @@ class StreamConsumer:
         claim_idle_ms: int = 60_000,
         dead_letter_stream: str,
         dead_letter_maxlen: int = 1_000_000,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 2.0,
+        replays_pending: bool = False,
     ) -> None:
+        """``replays_pending``: the caller re-reads pending entries itself, in stream order,
+        with :meth:`claim_all` and :meth:`read_pending` (a recoverable pipeline does, after
+        each recovery); :meth:`read` then returns new entries only, never pending ones, which
+        would arrive out of order."""
         _check_options(stream, dead_letter_stream, count, block_ms, claim_idle_ms)
         _check_client(client)
         if dead_letter_maxlen < 1:
             msg = f"Got {dead_letter_maxlen} for dead_letter_maxlen. Use 1 or more entries."
+            raise ConfigError(msg)
+        if not 0 < retry_initial_s <= retry_max_s:
+            msg = (
+                f"Got retry_initial_s={retry_initial_s} and retry_max_s={retry_max_s}."
+                " Use 0 < retry_initial_s <= retry_max_s."
+            )
             raise ConfigError(msg)
         self._client = client
         self._owns_client = False
@@ -259,13 +341,28 @@ class StreamConsumer:
         self._claim_every_s = claim_idle_ms / 2000
         self._dead_letter_stream = dead_letter_stream
         self._dead_letter_maxlen = dead_letter_maxlen
-        self._draining = True
+        self._replays_pending = replays_pending
+        self._draining = not replays_pending
         self._drain_from = _START
         self._claim_cursor = _START
         self._next_claim = 0.0
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        # Entries returned to the caller and not acked yet: what a vanished group takes along.
+        self._delivered: set[str] = set()
+        self._connected = True
+        self._last_error: str | None = None
+        self._down_since: float | None = None
+        self._attempts = 0
+        self._resets = 0
+        self._reset_at: float | None = None
+        self._lost_pending = 0
+        # A NOGROUP before the group was ever there is a first start, not a loss.
+        self._group_seen = False
+        self._group_missing = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StreamConsumer:
+    def from_settings(cls, settings: Settings, *, replays_pending: bool = False) -> StreamConsumer:
         """A consumer of ``settings.stream_key`` with its own client, closed by :meth:`close`."""
         _check_options(
             settings.stream_key,
@@ -299,6 +396,7 @@ class StreamConsumer:
             claim_idle_ms=settings.claim_idle_ms,
             dead_letter_stream=settings.dead_letter_stream,
             dead_letter_maxlen=settings.dead_letter_maxlen,
+            replays_pending=replays_pending,
         )
         consumer._owns_client = True
         return consumer
@@ -321,6 +419,11 @@ class StreamConsumer:
         return self._group
 
     @property
+    def count(self) -> int:
+        """Entries per read (``COUNT``)."""
+        return self._count
+
+    @property
     def stream(self) -> str:
         """The stream key this consumer reads."""
         return self._stream
@@ -337,7 +440,14 @@ class StreamConsumer:
             raise _failure(self._stream, what, exc) from exc
 
     async def ensure_group(self) -> None:
-        """Create the consumer group (and the stream) at the stream's start, unless it exists."""
+        """Create the consumer group (and the stream) at the stream's start, unless it exists.
+
+        Raises :class:`IngestError` when Redis cannot be reached: call it at start-up, where
+        a wrong URL should fail loudly.
+        """
+        await self._create_group()
+
+    async def _create_group(self) -> None:
         try:
             await self._client.xgroup_create(self._stream, self._group, id="0", mkstream=True)
         except ResponseError as exc:
@@ -345,15 +455,47 @@ class StreamConsumer:
                 raise _failure(self._stream, "XGROUP CREATE", exc) from exc
         except (RedisError, OSError) as exc:
             raise _failure(self._stream, "XGROUP CREATE", exc) from exc
+        self._group_seen = True
+        self._group_missing = False
+
+    def health(self) -> ConsumerHealth:
+        """Connection state, outage start, group resets and entries lost from pending."""
+        return ConsumerHealth(
+            connected=self._connected,
+            last_error=self._last_error,
+            down_since=self._down_since,
+            resets=self._resets,
+            reset_at=self._reset_at,
+            lost_pending=self._lost_pending,
+            in_flight=len(self._delivered),
+        )
 
     async def read(self) -> list[StreamEntry]:
         """The next entries for this consumer, oldest first; ``[]`` when none came in time.
 
         First this consumer's own pending entries (after a restart), then, about every
-        ``claim_idle_ms / 2``, entries other consumers left idle for ``claim_idle_ms``, else
-        new entries. Bad entries are dead-lettered and acked here, never returned; an empty
-        result does not mean the stream is exhausted.
+        ``claim_idle_ms / 2``, entries any consumer (this one included) left idle for
+        ``claim_idle_ms``, else new entries. Bad entries are dead-lettered and acked here,
+        never returned; an empty result does not mean the stream is exhausted. While Redis is
+        unreachable, or its group was just recreated, the result is ``[]`` too (see the module
+        docstring); :meth:`health` says which.
         """
+        try:
+            if self._group_missing:
+                await self._create_group()
+            entries = await self._read()
+        except IngestError as exc:
+            if _is_outage(exc):
+                await self._pause(exc)
+                return []
+            if _is_nogroup(exc):
+                await self._group_gone(exc)
+                return []
+            raise
+        self._answered()
+        return entries
+
+    async def _read(self) -> list[StreamEntry]:
         if self._draining:
             reply = await self._call(
                 "XREADGROUP 0",
@@ -371,7 +513,7 @@ class StreamConsumer:
                 self._drain_from = _text(records[-1][0])
                 return await self._accept(records)
             self._draining = False
-        if time.monotonic() >= self._next_claim:
+        if not self._replays_pending and time.monotonic() >= self._next_claim:
             claimed = await self._claim()
             if claimed:
                 return claimed
@@ -386,6 +528,160 @@ class StreamConsumer:
             ),
         )
         return await self._accept(_stream_records(reply))
+
+    async def read_pending(self, after: str = "0", count: int | None = None) -> list[StreamEntry]:
+        """This consumer's own pending entries (read, not acked) with ids above ``after``.
+
+        In id order, at most ``count`` (None: all of them), read with ``XREADGROUP`` at an
+        explicit id, which re-delivers without taking new entries and adds one to each
+        entry's delivery count (:meth:`deliveries`). Bad and deleted entries are dead-lettered
+        and acked, as in :meth:`read`. Waits while Redis is unreachable; ``[]`` when the group
+        is gone (it is recreated, and nothing is pending in a new group).
+
+        How it relates to :meth:`read`: ``read()`` also re-delivers this consumer's pending
+        entries, once, on its first calls (the same ``XREADGROUP 0`` drain); a
+        ``read_pending()`` that reaches the end of the pending list ends that drain, so replay
+        with ``read_pending()`` first and the following ``read()`` calls do not return the
+        same entries again. Independently, ``read()`` claims (``XAUTOCLAIM``) entries idle for
+        ``claim_idle_ms`` from any consumer of the group, this one included: an entry the
+        caller holds unacked for longer than that comes back from ``read()`` once more, so
+        replay and claims can both deliver an entry and processing must tolerate repeats
+        (alert ids and upserts do).
+        """
+        if count is not None and count < 1:
+            msg = f"Got {count} for count. Use 1 or more entries, or None for all of them."
+            raise ValueError(msg)
+        entries: list[StreamEntry] = []
+        cursor = after
+        while count is None or len(entries) < count:
+            page = self._count if count is None else min(self._count, count - len(entries))
+            try:
+                reply = await self._until_answered(self._history_page(cursor, page))
+            except IngestError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                await self._group_gone(exc)
+                return entries
+            records = _stream_records(reply)
+            if not records:
+                self._draining = False
+                break
+            cursor = _text(records[-1][0])
+            entries.extend(await self._accept(records))
+        return entries
+
+    def _history_page(self, after: str, count: int) -> Callable[[], Awaitable[Any]]:
+        def command() -> Awaitable[Any]:
+            return self._call(
+                "XREADGROUP <id>",
+                self._client.xreadgroup(
+                    self._group, self._consumer, {self._stream: after}, count=count
+                ),
+            )
+
+        return command
+
+    async def claim_all(self, min_idle_ms: int = 0) -> int:
+        """Take over every entry pending for other consumers of the group; returns how many.
+
+        For recovery: afterwards :meth:`read_pending` replays the group's whole pending list
+        (this consumer's and the taken-over entries) in id order. Pages through ``XPENDING``
+        and moves other consumers' entries with ``XCLAIM ... JUSTID``, which leaves delivery
+        counts as they were. ``min_idle_ms=0`` takes entries from live consumers too: use it
+        only when this consumer is the group's only reader (the pipeline is a singleton);
+        otherwise pass ``claim_idle_ms``. Waits while Redis is unreachable; 0 when the group
+        is gone.
+        """
+        claimed = 0
+        start = "-"
+        while True:
+            try:
+                page = await self._until_answered(self._pending_page(start, min_idle_ms))
+            except IngestError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                await self._group_gone(exc)
+                return claimed
+            if not page:
+                return claimed
+            start = "(" + _text(page[-1]["message_id"])
+            theirs = [
+                _text(d["message_id"]) for d in page if _text(d["consumer"]) != self._consumer
+            ]
+            if theirs:
+                taken = await self._until_answered(self._xclaim(theirs, min_idle_ms))
+                claimed += len(taken)
+            if len(page) < _PIPELINE_CHUNK:
+                return claimed
+
+    def _pending_page(self, start: str, min_idle_ms: int) -> Callable[[], Awaitable[Any]]:
+        def command() -> Awaitable[Any]:
+            return self._call(
+                "XPENDING",
+                self._client.xpending_range(
+                    self._stream,
+                    self._group,
+                    start,
+                    "+",
+                    _PIPELINE_CHUNK,
+                    idle=min_idle_ms or None,
+                ),
+            )
+
+        return command
+
+    def _xclaim(self, entry_ids: list[str], min_idle_ms: int) -> Callable[[], Awaitable[Any]]:
+        def command() -> Awaitable[Any]:
+            return self._call(
+                "XCLAIM",
+                self._client.xclaim(
+                    self._stream,
+                    self._group,
+                    self._consumer,
+                    min_idle_time=min_idle_ms,
+                    message_ids=entry_ids,  # type: ignore[arg-type]
+                    justid=True,
+                ),
+            )
+
+        return command
+
+    async def deliveries(self, entry_ids: Sequence[str]) -> dict[str, int]:
+        """How many times each entry was delivered, for entries pending in the group.
+
+        From ``XPENDING`` (extended form), one pipelined query per id in one round trip. Ids
+        not pending (acked, never read, or of a group that vanished) are left out. Counts
+        grow with each :meth:`read_pending` / drain / claim of the entry: an entry that keeps
+        coming back is likely poison. Waits while Redis is unreachable.
+        """
+        if isinstance(entry_ids, str):
+            msg = "deliveries() takes a sequence of entry ids, not one id; use deliveries([id])"
+            raise TypeError(msg)
+        if not entry_ids:
+            return {}
+        counts: dict[str, int] = {}
+        for start in range(0, len(entry_ids), _ACK_CHUNK):
+            chunk = entry_ids[start : start + _ACK_CHUNK]
+            try:
+                replies = await self._until_answered(self._xpending_each(chunk))
+            except IngestError as exc:
+                if not _is_nogroup(exc):
+                    raise
+                await self._group_gone(exc)
+                return {}
+            for reply in replies:
+                for detail in reply:
+                    counts[_text(detail["message_id"])] = int(detail["times_delivered"])
+        return counts
+
+    def _xpending_each(self, entry_ids: Sequence[str]) -> Callable[[], Awaitable[list[Any]]]:
+        def command() -> Awaitable[list[Any]]:
+            pipe = self._client.pipeline(transaction=False)
+            for entry_id in entry_ids:
+                pipe.xpending_range(self._stream, self._group, entry_id, entry_id, 1)
+            return self._execute(pipe, "XPENDING")
+
+        return command
 
     async def _claim(self) -> list[StreamEntry]:
         records: list[_Record] = []
@@ -431,19 +727,32 @@ class StreamConsumer:
                 bad.append(decoded)
         if bad or gone:
             await self._write_dead_letters(bad, ack_ids=[d.entry for d in bad] + gone)
+        self._delivered.update(e.entry_id for e in entries)
         return entries
 
     async def ack(self, entry_ids: Sequence[str]) -> int:
-        """Acknowledge entries (one round trip); returns how many were pending."""
+        """Acknowledge entries (one round trip); returns how many were pending.
+
+        Waits while Redis is unreachable, so an ack is never lost; ids the group no longer
+        knows (it was recreated) count as not pending.
+        """
         if isinstance(entry_ids, str):
             msg = "ack() takes a sequence of entry ids, not one id; use ack([entry_id])"
             raise TypeError(msg)
         if not entry_ids:
             return 0
-        pipe = self._client.pipeline(transaction=False)
-        for start in range(0, len(entry_ids), _ACK_CHUNK):
-            pipe.xack(self._stream, self._group, *entry_ids[start : start + _ACK_CHUNK])
-        return sum(int(n) for n in await self._execute(pipe, "XACK"))
+        acked = sum(int(n) for n in await self._until_answered(self._xack(entry_ids)))
+        self._delivered.difference_update(entry_ids)
+        return acked
+
+    def _xack(self, entry_ids: Sequence[str]) -> Callable[[], Awaitable[list[Any]]]:
+        def command() -> Awaitable[list[Any]]:
+            pipe = self._client.pipeline(transaction=False)
+            for start in range(0, len(entry_ids), _ACK_CHUNK):
+                pipe.xack(self._stream, self._group, *entry_ids[start : start + _ACK_CHUNK])
+            return self._execute(pipe, "XACK")
+
+        return command
 
     async def dead_letter(
         self, rejections: Sequence[Rejection], *, source_entries: Sequence[str | None] = ()
@@ -451,7 +760,7 @@ class StreamConsumer:
         """Append rejections to the dead-letter stream in one round trip.
 
         ``source_entries``, when given, holds the stream entry id each rejection came from,
-        position for position (None where unknown).
+        position for position (None where unknown). Waits while Redis is unreachable.
         """
         if source_entries and len(source_entries) != len(rejections):
             msg = (
@@ -477,27 +786,32 @@ class StreamConsumer:
         self, records: Sequence[_DeadLetter], ack_ids: Sequence[str]
     ) -> None:
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        pipe = self._client.pipeline(transaction=False)
-        for rec in records:
-            pipe.xadd(
-                self._dead_letter_stream,
-                {
-                    "reason": rec.reason,
-                    "field": rec.field,
-                    "message": rec.message,
-                    "tenant": rec.tenant,
-                    "payload": rec.payload,
-                    "entry": rec.entry,
-                    "at": at,
-                },
-                maxlen=self._dead_letter_maxlen,
-                approximate=True,
-            )
-        # In the same round trip as the dead-letter writes, so a crash between them can only
-        # write a record twice, never ack an entry whose record was not written.
-        for start in range(0, len(ack_ids), _ACK_CHUNK):
-            pipe.xack(self._stream, self._group, *ack_ids[start : start + _ACK_CHUNK])
-        await self._execute(pipe, "dead-letter XADD")
+
+        def command() -> Awaitable[list[Any]]:
+            pipe = self._client.pipeline(transaction=False)
+            for rec in records:
+                pipe.xadd(
+                    self._dead_letter_stream,
+                    {
+                        "reason": rec.reason,
+                        "field": rec.field,
+                        "message": rec.message,
+                        "tenant": rec.tenant,
+                        "payload": rec.payload,
+                        "entry": rec.entry,
+                        "at": at,
+                    },
+                    maxlen=self._dead_letter_maxlen,
+                    approximate=True,
+                )
+            # In the same round trip as the dead-letter writes, so a crash between them can
+            # only write a record twice, never ack an entry whose record was not written.
+            for start in range(0, len(ack_ids), _ACK_CHUNK):
+                pipe.xack(self._stream, self._group, *ack_ids[start : start + _ACK_CHUNK])
+            return self._execute(pipe, "dead-letter XADD")
+
+        # A retry after a lost reply may write a record twice, as a crash may; never none.
+        await self._until_answered(command)
 
     async def _execute(self, pipe: Any, what: str) -> list[Any]:
         try:
@@ -506,6 +820,85 @@ class StreamConsumer:
         except (RedisError, OSError) as exc:
             raise _failure(self._stream, what, exc) from exc
         return result
+
+    async def _until_answered(self, command: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``command`` until Redis answers it, pausing between tries while it is down."""
+        while True:
+            try:
+                result = await command()
+            except IngestError as exc:
+                if not _is_outage(exc):
+                    raise
+                await self._pause(exc)
+                continue
+            self._answered()
+            return result
+
+    async def _pause(self, exc: IngestError) -> None:
+        """Record an outage and wait before the next try (growing, capped, jittered)."""
+        cause = exc.__cause__
+        # The error type only: a connection error's text can hold the host and port.
+        self._last_error = f"{_what(exc)}: {type(cause).__name__}"
+        self._attempts += 1
+        if self._connected:
+            self._connected = False
+            self._down_since = time.monotonic()
+            _log.warning(
+                "Redis stream %r unreachable (%s); retrying until it answers, %d entries read"
+                " and not acked meanwhile",
+                self._stream,
+                self._last_error,
+                len(self._delivered),
+            )
+        delay = min(self._retry_max_s, self._retry_initial_s * 2 ** min(self._attempts - 1, 20))
+        await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311 - jitter, not secrets
+
+    def _answered(self) -> None:
+        if not self._connected:
+            _log.info(
+                "Redis stream %r answers again after %.1f s",
+                self._stream,
+                time.monotonic() - (self._down_since or time.monotonic()),
+            )
+        self._connected = True
+        self._down_since = None
+        self._attempts = 0
+
+    async def _group_gone(self, exc: IngestError) -> None:
+        """Count what a vanished group took along, then recreate it (once Redis answers)."""
+        self._answered()  # NOGROUP is an answer
+        if not self._group_missing:
+            self._group_missing = True
+            # Nothing is pending in the group it gets replaced by: no drain, no claim cursor.
+            self._draining = False
+            self._drain_from = _START
+            self._claim_cursor = _START
+            if self._group_seen:
+                lost = len(self._delivered)
+                self._resets += 1
+                self._reset_at = time.monotonic()
+                self._lost_pending += lost
+                self._delivered.clear()
+                self._last_error = f"{_what(exc)}: NOGROUP"
+                _log.warning(
+                    "consumer group %r of Redis stream %r is gone (Redis restarted without"
+                    " persistence, or the key was deleted); recreating it from the stream's"
+                    " start. %d entries this consumer had read and not acked are no longer"
+                    " pending (a crash now would not re-deliver them); entries written and"
+                    " not yet read before the loss cannot be counted. Resets so far: %d,"
+                    " entries lost from pending so far: %d",
+                    self._group,
+                    self._stream,
+                    lost,
+                    self._resets,
+                    self._lost_pending,
+                )
+        try:
+            await self._create_group()
+        except IngestError as failure:
+            if not _is_outage(failure):
+                raise
+            await self._pause(failure)
 
     async def lag(self) -> StreamLag:
         """Pending and undelivered entries of this consumer's group."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,12 @@ _NOTIFY_DRAIN_S = 10.0
 
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
 DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
+Replay = Callable[[int, Mapping[str, list[str]]], AsyncIterator["Batch"]]
+"""Replays a recoverable source after a recovery: given the checkpoint's position and the
+errors each entry has failed with so far, yields every unacknowledged entry above the
+position in stream order (entries that failed before come alone, ``isolated``; entries that
+failed ``poison_attempts`` times are dead-lettered instead) and acknowledges those at or
+below it."""
 
 
 @dataclass(slots=True)
@@ -72,6 +78,12 @@ class Batch:
     token: Any = None
     traces: list[tuple[int, Carrier]] = field(default_factory=list)
     """(line index, producer's trace context) of the lines that came with one."""
+    position: int | None = None
+    """The highest stream position of the batch's entries (:func:`~rayworker.checkpoint.
+    stream_position`); None for sources without positions."""
+    isolated: bool = False
+    """Submit alone and wait for the outcome: the entry failed before, and only alone does
+    another failure say that this entry is the cause."""
 
 
 @dataclass(slots=True)
@@ -84,6 +96,7 @@ class PumpStats:
     late: int = 0
     acked: int = 0
     failed: int = 0
+    recoveries: int = 0
     started: float = field(default_factory=time.perf_counter)
     elapsed_s: float = 0.0
 
@@ -110,11 +123,28 @@ def detector_config(settings: Settings) -> DetectorConfig:
     )
 
 
+def _blames(error: str, isolated: bool) -> bool:
+    """Whether a failed ticket's error counts against its entries (towards poison).
+
+    A batch that raised did so on its contents. A shard that died, restarted or was
+    recovered says nothing about the entries it happened to hold, unless it held only one.
+    """
+    if "StaleEpoch" in error or "restarted" in error:
+        return False
+    if "RayTaskError" in error:
+        return True
+    return isolated
+
+
 class Pipeline:
     """The running actors of one rayworker deployment, driven from this process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, recoverable: bool = False) -> None:
+        """``recoverable``: the source is a stream that can replay unacknowledged entries, so
+        state is checkpointed (``checkpoint_interval_s``) and every actor restarts and
+        recovers after a crash; see :mod:`rayworker.pipeline.router`."""
         self.settings = settings
+        self.recoverable = recoverable and settings.checkpoint_interval_s > 0
         self.pack, self.overrides = load_pack(settings)
         self.config = detector_config(settings)
         self.assignment = (
@@ -135,10 +165,18 @@ class Pipeline:
         self.address = ""
         self.tracing = tracing_enabled(settings.telemetry)
 
-    async def start(self, *, migrate: bool = False) -> None:
-        """Check the stores, then start the actors; raises with a fix on any failure."""
-        store = await open_alert_store(self.settings, migrate=migrate)
-        await store.close()
+    async def start(self, *, migrate: bool = False, fresh_state: bool = False) -> None:
+        """Check the stores, then start the actors; raises with a fix on any failure.
+
+        ``fresh_state``: delete this pipeline's checkpoints (by Ray namespace) first, so a
+        recoverable pipeline starts from empty windows instead of resuming.
+        """
+        store: Any = await open_alert_store(self.settings, migrate=migrate)
+        try:
+            if fresh_state:
+                await store.clear_checkpoints(self.settings.ray_namespace)
+        finally:
+            await store.close()
         metrics = metrics_store(self.settings)
         try:
             await metrics.snapshot(None)
@@ -170,6 +208,10 @@ class Pipeline:
                 num_cpus=self.settings.shard_cpus,
                 namespace=ns,
                 telemetry=self.settings.telemetry,
+                recoverable=self.recoverable,
+                poison=(
+                    self.settings.fault_poison.encode() if self.settings.fault_poison else None
+                ),
             )
             for s in range(self.settings.shards)
         }
@@ -178,7 +220,13 @@ class Pipeline:
             self.notifier = start_notifier(self.settings, self.notify_config)
             await self.notifier.ready.remote()
         self.router = start_router(
-            self.settings, self.pack, self.config, self.assignment, self.shards, self.overrides
+            self.settings,
+            self.pack,
+            self.config,
+            self.assignment,
+            self.shards,
+            self.overrides,
+            recoverable=self.recoverable,
         )
         await self.router.stats.remote()
         await self._warm_sinks()
@@ -210,7 +258,7 @@ class Pipeline:
         )
         raise ConfigError(msg)
 
-    async def pump(
+    async def pump(  # noqa: PLR0915 - the feed loop and its recovery share their bookkeeping
         self,
         batches: AsyncIterator[Batch],
         *,
@@ -219,24 +267,37 @@ class Pipeline:
         stop: asyncio.Event | None = None,
         on_progress: Callable[[PumpStats], None] | None = None,
         bounded: bool = False,
+        replay: Replay | None = None,
     ) -> PumpStats:
         """Feed batches until the source ends or ``stop`` is set; then drain.
 
         ``bounded``: the source is finite (a file), so once it ends every shard settles what
-        is pending, as ``rayworker replay`` does at the end of its input.
+        is pending, as ``rayworker replay`` does at the end of its input. ``replay``: required
+        by a recoverable pipeline; the pump recovers (and replays) before the first batch,
+        which resumes from the last checkpoint of an earlier run, and after any failure.
         """
         stats = PumpStats()
         tokens: dict[int, Any] = {}
         traces: dict[int, Carrier] = {}
+        failures: dict[str, list[str]] = {}
+        isolated: set[int] = set()
+        if self.recoverable and replay is None:
+            msg = "a recoverable pipeline needs a source that can replay (a Redis Stream)"
+            raise ConfigError(msg)
 
-        async def settle() -> None:
+        async def settle() -> bool:
+            """Acknowledge what finished; False if something failed (recover, then)."""
             done, failed = await self.router.completed.remote()
             acked = [t for t in done if tokens.get(t) is not None]
             acks = [tokens.pop(t) for t in done if t in tokens]
             acks = [a for a in acks if a is not None]
-            for t in failed:
-                tokens.pop(t, None)
+            for t, error in failed:
+                token = tokens.pop(t, None)
                 traces.pop(t, None)
+                if self.recoverable and token is not None and _blames(error, t in isolated):
+                    for entry in token:
+                        failures.setdefault(entry, []).append(error)
+                isolated.discard(t)
             stats.failed += len(failed)
             carriers = [c for t in done if (c := traces.pop(t, None)) is not None]
             if acks and ack is not None:
@@ -245,34 +306,103 @@ class Pipeline:
                 else:
                     await ack(acks)
                 stats.acked += len(acks)
+            return not failed
 
+        async def submit(batch: Batch) -> None:
+            if not batch.lines:
+                return
+            if self.tracing:
+                receipt, carrier = await self._traced_submit(batch)
+                if carrier is not None:
+                    traces[receipt.ticket] = carrier
+            else:
+                receipt = await self.router.submit.remote(batch.lines, None, None, batch.position)
+            stats.events += len(batch.lines)
+            stats.accepted += receipt.accepted
+            stats.rejected += len(receipt.rejections)
+            stats.late += len(receipt.late)
+            if dead_letter is not None and (receipt.rejections or receipt.late):
+                await dead_letter(receipt.rejections, receipt.late, batch.lines)
+            tokens[receipt.ticket] = batch.token
+            if batch.isolated:
+                isolated.add(receipt.ticket)
+
+        async def feed(batch: Batch) -> bool:
+            """Submit one batch and acknowledge what finished; False: recovery is needed."""
+            try:
+                await submit(batch)
+                if batch.isolated:
+                    await self.router.drain.remote()
+                return await settle()
+            except ray.exceptions.RayActorError:
+                return False  # the router died; Ray restarts it
+
+        async def recover() -> None:
+            """Restore from the last checkpoint and replay until a replay gets through."""
+            assert replay is not None
+            while True:
+                info = await self._recover()
+                tokens.clear()
+                isolated.clear()
+                traces.clear()
+                stats.recoveries += 1
+                replayed = True
+                async for batch in replay(info["position"], failures):
+                    if not await feed(batch):
+                        replayed = False
+                        break
+                if replayed:
+                    return
+
+        if self.recoverable:
+            await recover()
         async for batch in batches:
-            if batch.lines:
-                if self.tracing:
-                    receipt, carrier = await self._traced_submit(batch)
-                    if carrier is not None:
-                        traces[receipt.ticket] = carrier
-                else:
-                    receipt = await self.router.submit.remote(batch.lines)
-                stats.events += len(batch.lines)
-                stats.accepted += receipt.accepted
-                stats.rejected += len(receipt.rejections)
-                stats.late += len(receipt.late)
-                if dead_letter is not None and (receipt.rejections or receipt.late):
-                    await dead_letter(receipt.rejections, receipt.late, batch.lines)
-                tokens[receipt.ticket] = batch.token
-            await settle()
+            if self.recoverable:
+                if not await feed(batch):
+                    await recover()
+            else:
+                await submit(batch)
+                await settle()
             if on_progress is not None:
                 on_progress(stats)
             if stop is not None and stop.is_set():
                 break
         if bounded:
             await self.router.finish.remote()
+        elif self.recoverable:
+            while True:
+                try:
+                    await self.router.drain.remote()
+                    if await settle():
+                        break
+                except ray.exceptions.RayActorError:
+                    pass
+                await recover()
         else:
             await self.router.drain.remote()
         await settle()
         stats.elapsed_s = time.perf_counter() - stats.started
         return stats
+
+    async def _recover(self) -> dict[str, int]:
+        """The router's :meth:`~rayworker.pipeline.router.Router.recover`, once it answers
+        (Ray may be restarting it); raises after ``recovery_timeout_s``."""
+        started = time.monotonic()
+        deadline = started + self.settings.recovery_timeout_s
+        while True:
+            try:
+                info: dict[str, int] = await self.router.recover.remote()
+                logging.getLogger(__name__).warning(
+                    "pipeline recovered from checkpoint %d (epoch %d) in %.2f s",
+                    info["barrier"],
+                    info["epoch"],
+                    time.monotonic() - started,
+                )
+                return info
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.25)
 
     async def _traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]:
         """Submit inside a ``rayworker.ingest`` span that continues the producers' trace."""
@@ -295,7 +425,9 @@ class Pipeline:
             },
         ) as span:
             carrier = carrier_of()
-            receipt: Receipt = await self.router.submit.remote(batch.lines, carrier, traced)
+            receipt: Receipt = await self.router.submit.remote(
+                batch.lines, carrier, traced, batch.position
+            )
             span.set_attribute("rayworker.ticket", receipt.ticket)
             span.set_attribute("rayworker.rejected", len(receipt.rejections))
             span.set_attribute("rayworker.late", len(receipt.late))

@@ -17,6 +17,20 @@ Flow of one *ticket* (one batch handed to :meth:`Router.submit`, e.g. one XREADG
    stream entries (:meth:`completed`). A ticket with a failed part is reported as *failed*
    and must not be acknowledged, so its entries are delivered again.
 
+Recovery (a pipeline reading a stream, ``recoverable=True``): every
+``checkpoint_interval_s`` the router starts a *barrier*. It flushes every buffer and queues a
+checkpoint call behind them in each shard's outbox, so each shard snapshots exactly the state
+of the tickets submitted before the barrier; a stateless task writes each snapshot to the
+alert store's database, and the router's own state (watermarks, counters) is written last,
+marking the barrier complete. Only then are its tickets released to :meth:`completed` (and so
+acknowledged on the stream) and its metric deltas sent: a crash can never lose an
+acknowledged entry, nor count one twice. On any failure (a shard died, failed a batch or
+restarted; the router itself restarted) the driver calls :meth:`recover`: every state holder
+goes back to the latest complete checkpoint, in a new *epoch* (answers and calls of older
+epochs are discarded or refused), and the driver replays the stream entries after the
+checkpoint's position, in stream order. Detection is deterministic, so the replay rebuilds
+exactly the state and alerts an uninterrupted run has, and alert upserts are idempotent.
+
 Tracing (:mod:`rayworker.telemetry`): a traced ticket comes with the context of the caller's
 ``rayworker.ingest`` span; its ``route`` span is a child of it (``validate`` of ``route``), and a
 flushed batch carries the context of its first ticket's ``route`` span (links to the others,
@@ -27,6 +41,7 @@ turn goes with the alerts to the ``persist_alerts`` task. Untraced tickets cost 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter, deque
@@ -36,13 +51,25 @@ from typing import Any
 import ray
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import ROUTER_OWNER, decode_state, encode_state, shard_owner
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
+from rayworker.errors import SinkError
 from rayworker.events import Rejection
 from rayworker.health import Status, worst
 from rayworker.partition import Partitioner, ShardBatch
 from rayworker.pipeline.notifier import notifier_handle
 from rayworker.pipeline.shard import ShardOutput
-from rayworker.pipeline.sinks import METRICS_ACTOR, persist_alerts, record_error, record_metrics
+from rayworker.pipeline.sinks import (
+    METRICS_ACTOR,
+    latest_checkpoint,
+    load_checkpoint_state,
+    persist_alerts,
+    prune_checkpoints,
+    record_error,
+    record_metrics,
+    save_checkpoint,
+)
+from rayworker.resilience import StoreGuard
 from rayworker.routing import Assignment
 from rayworker.rules import Overrides, RulePack
 from rayworker.settings import Settings
@@ -59,6 +86,10 @@ ROUTER_NAME = "rayworker-router"
 _log = logging.getLogger("rayworker.router")
 _METRICS_EVERY_S = 1.0
 _PING_TIMEOUT_S = 2.0
+_RESTORE_RETRY_S = 0.25
+_RESTORE_ATTEMPTS = 5
+_WATCH_EVERY_S = 0.5
+"""How often a recoverable router checks that no shard restarted behind its back."""
 
 
 @dataclass(slots=True)
@@ -75,15 +106,34 @@ class Receipt:
 class _Ticket:
     received: float
     tenants: Counter[str]
+    interval: int
+    """The barrier that covers this ticket."""
     outstanding: int = 0
     failed: bool = False
+    error: str | None = None
 
 
 @dataclass(slots=True)
 class _Outgoing:
-    batch: ShardBatch
+    batch: ShardBatch | None
     tickets: list[int]
+    epoch: int
+    interval: int
     trace: BatchTrace | None = None
+    barrier: int | None = None
+    """Set (and ``batch`` None): checkpoint the shard for this barrier."""
+    position: int = 0
+
+
+@dataclass(slots=True)
+class _Interval:
+    """What the tickets covered by one barrier add up to, held until the barrier completes."""
+
+    open: int = 0
+    failed: int = 0
+    done: list[int] = field(default_factory=list)
+    metrics: MetricDeltas = field(default_factory=MetricDeltas)
+    latency: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -108,15 +158,42 @@ class Router:
         assignment: Assignment,
         shards: dict[int, Any],
         overrides: Overrides | None = None,
+        recoverable: bool = False,
     ) -> None:
         self.settings = settings
-        self.partitioner = Partitioner(
-            pack,
-            assignment,
-            config,
-            overrides=overrides,
-            integrity=settings.integrity.config(),
+        self._partitioner_args = (pack, assignment, config, overrides)
+        self.partitioner = self._new_partitioner()
+        self.recoverable = recoverable
+        self.epoch = 0
+        self.position = 0
+        """The highest stream position submitted (0: none, or a source without positions)."""
+        self.completed_barrier = 0
+        self.completed_position = 0
+        self.next_barrier = _barrier_id(0)
+        """Barrier ids grow strictly, also across recoveries and router restarts (they start
+        from the wall clock in milliseconds): a checkpoint set is never overwritten by a later
+        epoch's, so any complete set in the store is consistent."""
+        self.intervals: dict[int, _Interval] = {}
+        self.recoveries = 0
+        # Alert writes retry (backoff, jitter) behind a breaker until the store answers: a
+        # ticket waits rather than fails, so an outage back-pressures ingest and loses nothing.
+        self.alert_store = StoreGuard(
+            "alert store",
+            retry_on=(SinkError, OSError),
+            initial_backoff_s=0.1,
+            max_backoff_s=5.0,
+            failure_threshold=5,
+            reset_timeout_s=5.0,
         )
+        self.barrier_failures = 0
+        self.checkpoint_bytes = 0
+        self._barrier_task: asyncio.Task[None] | None = None
+        self._barrier_saves: dict[int, list[asyncio.Future[int]]] = {}
+        self._last_barrier = time.monotonic()
+        self._since_barrier = False
+        self._watch: asyncio.Task[None] | None = None
+        self._recovering = False
+        self._watched_at = 0.0
         self.shards = shards
         self.flush_events = settings.flush_events
         self.linger_s = settings.linger_ms / 1000
@@ -127,9 +204,7 @@ class Router:
         self.finishing: set[asyncio.Task[None]] = set()
         self.tickets: dict[int, _Ticket] = {}
         self.done: list[int] = []
-        self.failed: list[int] = []
-        self.pending_metrics = MetricDeltas()
-        self.pending_latency: dict[str, list[float]] = {}
+        self.failed: list[tuple[int, str]] = []
         self.sent: Counter[int] = Counter()
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -152,6 +227,16 @@ class Router:
 
     # --- set-up ------------------------------------------------------------------------------
 
+    def _new_partitioner(self) -> Partitioner:
+        pack, assignment, config, overrides = self._partitioner_args
+        return Partitioner(
+            pack,
+            assignment,
+            config,
+            overrides=overrides,
+            integrity=self.settings.integrity.config(),
+        )
+
     def _ensure_started(self) -> None:
         if self._space is not None:
             return
@@ -173,16 +258,21 @@ class Router:
         lines: list[bytes],
         trace: Carrier | None = None,
         traced_events: dict[str, Carrier] | None = None,
+        position: int | None = None,
     ) -> Receipt:
         """Screen and route one batch; returns its ticket, rejections and late events.
 
         ``trace``: the context of the caller's ``rayworker.ingest`` span (the batch's
         ``validate`` and ``route`` spans are its children); ``traced_events``: event id ->
-        the producer's context, for the events that came with a sampled one.
+        the producer's context, for the events that came with a sampled one; ``position``:
+        the highest stream position among the batch's entries (recoverable pipelines).
         """
         self._ensure_started()
         ticket = self._next_ticket
         self._next_ticket += 1
+        if position is not None:
+            self.position = max(self.position, position)
+        self._since_barrier = True
         if trace is None:
             return await self._submit(ticket, lines, None, None)
         context = context_of(trace)
@@ -214,8 +304,10 @@ class Router:
         self.counts["accepted"] += part.accepted
         self.counts["rejected"] += len(part.rejections)
         self.counts["late"] += len(part.late)
-        self.pending_metrics.merge(part.metrics)
-        state = self.tickets[ticket] = _Ticket(now, Counter(part.tenants))
+        interval = self._interval(self.next_barrier)
+        interval.metrics.merge(part.metrics)
+        interval.open += 1
+        state = self.tickets[ticket] = _Ticket(now, Counter(part.tenants), self.next_barrier)
         for shard, sub in part.shards.items():
             state.outstanding += 1
             buffer = self.buffers[shard]
@@ -234,7 +326,9 @@ class Router:
             # Integrity alerts are raised here, while screening; the ticket is done (and its
             # entries acked) only once they are persisted, like the shards' alerts.
             state.outstanding += 1
-            persisting = asyncio.create_task(self._persist_screened(ticket, part.alerts))
+            persisting = asyncio.create_task(
+                self._persist_screened(ticket, part.alerts, self.epoch)
+            )
             self.finishing.add(persisting)
             persisting.add_done_callback(self._finished)
         if state.outstanding == 0:
@@ -242,24 +336,32 @@ class Router:
         await self._wait_for_space()
         return Receipt(ticket, part.accepted, part.rejections, part.late)
 
-    async def _persist_screened(self, ticket: int, alerts: list[Alert]) -> None:
-        failed = False
+    async def _persist_screened(self, ticket: int, alerts: list[Alert], epoch: int) -> None:
+        error: str | None = None
         try:
-            await persist_alerts.remote(self.settings, alerts)
+            await self.alert_store.call(lambda: persist_alerts.remote(self.settings, alerts))
             self._notify(alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the ticket, never the router
-            failed = True
-            kind = f"integrity_{type(exc).__name__}"
-            self.errors[kind] += 1
-            await self._record_error(kind)
+            error = f"integrity_{type(exc).__name__}"
+            self.errors[error] += 1
+            await self._record_error(error)
+        if epoch == self.epoch:
+            self._part_done(ticket, error)
+
+    def _part_done(self, ticket: int, error: str | None) -> None:
         state = self.tickets[ticket]
-        state.failed |= failed
+        if error is not None and not state.failed:
+            state.failed, state.error = True, error
         state.outstanding -= 1
         if state.outstanding == 0:
             self._finish_ticket(ticket)
 
-    async def completed(self) -> tuple[list[int], list[int]]:
-        """Tickets finished since the last call: (done, failed)."""
+    async def completed(self) -> tuple[list[int], list[tuple[int, str]]]:
+        """Tickets finished since the last call: (done, failed with the error of each).
+
+        In a recoverable pipeline a ticket is *done* only once a complete checkpoint covers
+        it, so its entries may be acknowledged.
+        """
         done, self.done = self.done, []
         failed, self.failed = self.failed, []
         return done, failed
@@ -270,26 +372,40 @@ class Router:
         for shard in self.shards:
             self._flush(shard)
         while any(self.outbox.values()) or any(self.inflight.values()) or self.finishing:
+            if self.failed:
+                return  # the caller recovers; waiting on would hang on a dead shard
             pending: list[asyncio.Future[Any]] = [*self.finishing]
             pending += [f for futures in self.inflight.values() for f in futures]
             if pending:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(0.005)
+        if self.recoverable and self.tickets_open():
+            await self._checkpoint_now()
         await self._send_metrics()
+
+    def tickets_open(self) -> bool:
+        """Whether any submitted ticket is not yet released to :meth:`completed`."""
+        return bool(self.tickets) or any(i.open or i.done for i in self.intervals.values())
 
     async def finish(self) -> int:
         """End of a bounded input: drain, settle every shard, persist; returns alerts flushed."""
         await self.drain()
         outputs: list[ShardOutput] = await asyncio.gather(
-            *(handle.flush.remote() for handle in self.shards.values())
+            *(
+                handle.flush.remote(self.epoch if self.recoverable else None)
+                for handle in self.shards.values()
+            )
         )
         alerts = [a for out in outputs for a in out.alerts]
         for out in outputs:
-            self.pending_metrics.merge(out.metrics)
+            self._interval(self.next_barrier).metrics.merge(out.metrics)
         if alerts:
             await persist_alerts.remote(self.settings, alerts)
             self._notify(alerts)
+        if self.recoverable:
+            # The settled state is checkpointed too, which also releases the deltas above.
+            await self._checkpoint_now()
         await self._send_metrics()
         return len(alerts)
 
@@ -309,7 +425,15 @@ class Router:
         trace = None
         if buffer.traces:
             trace = BatchTrace(buffer.traces[0], buffer.traces[1:], buffer.traced_events)
-        self.outbox[shard].append(_Outgoing(ShardBatch.concat(buffer.parts), buffer.tickets, trace))
+        self.outbox[shard].append(
+            _Outgoing(
+                ShardBatch.concat(buffer.parts),
+                buffer.tickets,
+                self.epoch,
+                self.next_barrier,
+                trace,
+            )
+        )
         self._wake[shard].set()
 
     async def _wait_for_space(self) -> None:
@@ -339,13 +463,19 @@ class Router:
         handle = self.shards[shard]
         while True:
             await wake.wait()
+            wake.clear()
             while outbox:
-                while len(inflight) >= self.max_inflight:
+                if len(inflight) >= self.max_inflight:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                    continue  # a recovery may have emptied the outbox meanwhile
                 item = outbox.popleft()
+                if item.batch is None:
+                    self._send_barrier(shard, handle, item)
+                    continue
                 self.sent[shard] += len(item.batch)
+                epoch = item.epoch if self.recoverable else None
                 answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(
-                    handle.process.remote(item.batch, item.trace)
+                    handle.process.remote(item.batch, item.trace, epoch)
                 )
                 # The slot frees when the shard answers; persisting its alerts must not hold
                 # it, or the database's latency would cap detection throughput.
@@ -355,48 +485,253 @@ class Router:
                 self.finishing.add(finishing)
                 finishing.add_done_callback(self._finished)
                 await self._notify_space()
-            wake.clear()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.finishing.discard(task)
         if self._space is not None:
             asyncio.ensure_future(self._notify_space())  # noqa: RUF006 - short-lived, never fails
 
+    def _send_barrier(self, shard: int, handle: Any, item: _Outgoing) -> None:
+        """Checkpoint the shard behind every batch sent before, and save it from its node."""
+        assert item.barrier is not None
+        state = handle.checkpoint.remote(item.barrier, item.epoch)
+        saved: asyncio.Future[int] = asyncio.ensure_future(
+            save_checkpoint.remote(
+                self.settings, shard_owner(shard), item.barrier, item.position, state
+            )
+        )
+        self._barrier_saves.setdefault(item.barrier, []).append(saved)
+
     async def _complete(self, answer: asyncio.Future[ShardOutput], item: _Outgoing) -> None:
-        failed = False
+        error: str | None = None
         try:
             output = await answer
-            self.pending_metrics.merge(output.metrics)
+            if item.epoch != self.epoch:
+                return  # answered after a recovery: the replay redoes this batch
+            self._interval(item.interval).metrics.merge(output.metrics)
             if output.alerts:
-                await persist_alerts.remote(self.settings, output.alerts, output.trace)
+                await self.alert_store.call(
+                    lambda: persist_alerts.remote(self.settings, output.alerts, output.trace)
+                )
                 self._notify(output.alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
-            failed = True
-            kind = f"shard_{type(exc).__name__}"
-            self.errors[kind] += 1
+            if item.epoch != self.epoch:
+                return
+            error = f"shard_{type(exc).__name__}"
+            self.errors[error] += 1
             _log.warning(
                 "a shard batch failed; its source entries will be delivered again",
-                extra={"tickets": item.tickets, "error": kind},
+                extra={"tickets": item.tickets, "error": error, "reason": str(exc)[:500]},
             )
-            await self._record_error(kind)
+            await self._record_error(error)
+        if item.epoch != self.epoch:
+            return
         for ticket in item.tickets:
-            state = self.tickets[ticket]
-            state.failed |= failed
-            state.outstanding -= 1
-            if state.outstanding == 0:
-                self._finish_ticket(ticket)
+            self._part_done(ticket, error)
+
+    def _interval(self, barrier: int) -> _Interval:
+        interval = self.intervals.get(barrier)
+        if interval is None:
+            interval = self.intervals[barrier] = _Interval()
+        return interval
 
     def _finish_ticket(self, ticket: int) -> None:
         state = self.tickets.pop(ticket)
+        interval = self._interval(state.interval)
+        interval.open -= 1
         if state.failed:
-            self.failed.append(ticket)
+            interval.failed += 1
+            self.failed.append((ticket, state.error or "failed"))
             return
-        self.done.append(ticket)
         latency_ms = (time.monotonic() - state.received) * 1000
         self.batch_latency = self.batch_latency + LatencyHistogram.of([latency_ms])
         self.ray_metrics.observe(self.ray_metrics.batch_seconds, latency_ms / 1000)
         for tenant, n in state.tenants.items():
-            self.pending_latency.setdefault(tenant, []).extend([latency_ms] * n)
+            interval.latency.setdefault(tenant, []).extend([latency_ms] * n)
+        if self.recoverable:
+            interval.done.append(ticket)
+        else:
+            self.done.append(ticket)
+
+    # --- checkpoints and recovery -----------------------------------------------------------
+
+    def _router_state(self) -> dict[str, Any]:
+        return {
+            "partitioner": self.partitioner.snapshot(),
+            "counts": dict(self.counts),
+        }
+
+    def _start_barrier(self) -> None:
+        """Queue barrier ``next_barrier`` behind everything submitted so far."""
+        barrier = self.next_barrier
+        self.next_barrier = _barrier_id(barrier)
+        self._since_barrier = False
+        self._last_barrier = time.monotonic()
+        state = encode_state(self._router_state())
+        for shard in self.shards:
+            self._flush(shard)
+            self.outbox[shard].append(
+                _Outgoing(None, [], self.epoch, barrier, barrier=barrier, position=self.position)
+            )
+            self._wake[shard].set()
+        self._barrier_task = asyncio.create_task(
+            self._complete_barrier(barrier, self.epoch, self.position, state)
+        )
+
+    async def _complete_barrier(
+        self, barrier: int, epoch: int, position: int, state: bytes
+    ) -> None:
+        """Once every shard's checkpoint is saved and every covered ticket persisted, write the
+        router's checkpoint (marking the barrier complete), then release what it covers."""
+        while epoch == self.epoch:
+            saves = self._barrier_saves.get(barrier, [])
+            covered_open = any(i.open for b, i in self.intervals.items() if b <= barrier)
+            if len(saves) == len(self.shards) and all(f.done() for f in saves) and not covered_open:
+                break
+            if any(f.done() and f.exception() is not None for f in saves):
+                break
+            await asyncio.sleep(0.005)
+        saves = self._barrier_saves.pop(barrier, [])
+        if epoch != self.epoch:
+            return
+        failed = [f.exception() for f in saves if f.exception() is not None]
+        covered = [i for b, i in self.intervals.items() if b <= barrier]
+        if failed or any(i.open or i.failed for i in covered):
+            # A later barrier covers these tickets; a shard that failed is recovered by then.
+            self.barrier_failures += 1
+            self.errors["checkpoint_failed"] += 1
+            _log.warning(
+                "checkpoint %d not completed: %s",
+                barrier,
+                failed[0] if failed else "tickets failed",
+            )
+            return
+        self.checkpoint_bytes = sum(f.result() for f in saves) + len(state)
+        try:
+            await save_checkpoint.remote(self.settings, ROUTER_OWNER, barrier, position, state)
+        except Exception as exc:  # noqa: BLE001 - a later barrier retries
+            self.barrier_failures += 1
+            self.errors[f"checkpoint_{type(exc).__name__}"] += 1
+            return
+        if epoch != self.epoch:
+            return
+        self.completed_barrier, self.completed_position = barrier, position
+        released = MetricDeltas()
+        latency: dict[str, list[float]] = {}
+        for number in sorted(b for b in self.intervals if b <= barrier):
+            interval = self.intervals.pop(number)
+            self.done.extend(interval.done)
+            released.merge(interval.metrics)
+            for tenant, values in interval.latency.items():
+                latency.setdefault(tenant, []).extend(values)
+        await self._send_metrics(released, latency)
+        # Old checkpoints left by a failed prune go at the next barrier's.
+        with contextlib.suppress(Exception):
+            await prune_checkpoints.remote(self.settings, barrier)
+
+    async def _checkpoint_now(self) -> None:
+        """Start a barrier (unless one is running) and wait for it (drain of a stream run)."""
+        if self._barrier_task is None or self._barrier_task.done():
+            self._start_barrier()
+        assert self._barrier_task is not None
+        await self._barrier_task
+
+    async def recover(self) -> dict[str, int]:
+        """Restore every state holder to the latest complete checkpoint, in a new epoch.
+
+        Returns ``{"epoch", "barrier", "position"}``: the caller replays, in stream order,
+        every entry above ``position`` (and acknowledges those at or below it, which the
+        checkpoint covers). Waits up to ``recovery_timeout_s`` for restarted shards.
+        """
+        self._ensure_started()
+        self.epoch += 1
+        epoch = self.epoch
+        self._recovering = True
+        try:
+            return await self._recover(epoch)
+        finally:
+            self._recovering = False
+
+    async def _recover(self, epoch: int) -> dict[str, int]:
+        for shard in self.shards:
+            self.buffers[shard] = _Buffer()
+            self.outbox[shard].clear()
+        self.tickets.clear()
+        self.intervals.clear()
+        self.done, self.failed = [], []
+        self._barrier_saves.clear()
+        if self._barrier_task is not None:
+            self._barrier_task.cancel()
+            self._barrier_task = None
+        deadline = time.monotonic() + self.settings.recovery_timeout_s
+        for attempt in range(1, _RESTORE_ATTEMPTS + 1):
+            found = await latest_checkpoint.remote(self.settings, ROUTER_OWNER)
+            barrier = position = 0
+            if found is not None:
+                barrier, position = found.barrier, found.position
+            try:
+                await asyncio.gather(
+                    *(self._restore_shard(shard, barrier, epoch, deadline) for shard in self.shards)
+                )
+                break
+            except ray.exceptions.RayActorError:
+                raise
+            except Exception as exc:
+                # A barrier of the previous epoch, still finishing, may have pruned the set
+                # read above after writing a newer one: read the latest again.
+                if attempt == _RESTORE_ATTEMPTS:
+                    raise
+                _log.warning("restore from checkpoint %d failed (%s); retrying", barrier, exc)
+        self.partitioner = self._new_partitioner()
+        self.counts = Counter()
+        if found is not None:
+            state = decode_state(found.state)
+            self.partitioner.restore(state["partitioner"])
+            self.counts = Counter({str(k): int(v) for k, v in state["counts"].items()})
+        self.completed_barrier = barrier
+        self.completed_position = position
+        self.next_barrier = _barrier_id(max(barrier, self.next_barrier))
+        self.position = position
+        self._since_barrier = False
+        self.recoveries += 1
+        _log.warning(
+            "recovered from checkpoint",
+            extra={"epoch": epoch, "barrier": barrier, "position": position},
+        )
+        return {"epoch": epoch, "barrier": barrier, "position": position}
+
+    async def _watch_shards(self, epoch: int) -> None:
+        """Report a shard that restarted (or died) while no batch went to it: without this,
+        an idle shard's lost state would only be noticed with its next batch."""
+        calls = {s: h.current_epoch.remote() for s, h in self.shards.items()}
+        for shard, call in calls.items():
+            try:
+                seen = await asyncio.wait_for(call, _PING_TIMEOUT_S)
+            except TimeoutError:
+                continue  # busy with a long batch: not a restart
+            except Exception as exc:  # noqa: BLE001 - dead or restarting
+                seen = f"unreachable ({type(exc).__name__})"
+            if epoch == self.epoch and not self._recovering and seen != epoch:
+                self.errors["shard_restarted"] += 1
+                self.failed.append((-1, f"shard {shard} restarted (state epoch {seen})"))
+                return
+
+    async def _restore_shard(self, shard: int, barrier: int, epoch: int, deadline: float) -> None:
+        handle = self.shards[shard]
+        while True:
+            state = (
+                load_checkpoint_state.remote(self.settings, shard_owner(shard), barrier)
+                if barrier
+                else None
+            )
+            try:
+                await handle.restore_state.remote(state, epoch)
+                return
+            except ray.exceptions.RayActorError:
+                # Restarting (Ray re-creates it, on another node if its node is gone).
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(_RESTORE_RETRY_S)
 
     async def _ticker(self) -> None:
         """Flush buffers that lingered too long; send metrics about once a second."""
@@ -407,19 +742,44 @@ class Router:
             for shard, buffer in self.buffers.items():
                 if buffer.parts and now - buffer.oldest >= self.linger_s:
                     self._flush(shard)
-            if now - self._last_metrics >= _METRICS_EVERY_S:
+            watch_due = self.recoverable and now - self._watched_at >= _WATCH_EVERY_S
+            if watch_due and (self._watch is None or self._watch.done()):
+                self._watched_at = now
+                self._watch = asyncio.create_task(self._watch_shards(self.epoch))
+            if self.recoverable:
+                due = now - self._last_barrier >= self.settings.checkpoint_interval_s
+                idle = self._barrier_task is None or self._barrier_task.done()
+                # Also after a failed barrier: what it covered waits for the next one.
+                if due and idle and (self._since_barrier or self.intervals):
+                    self._start_barrier()
+            elif now - self._last_metrics >= _METRICS_EVERY_S:
                 await self._send_metrics()
 
-    async def _send_metrics(self) -> None:
+    async def _send_metrics(
+        self,
+        deltas: MetricDeltas | None = None,
+        latency: dict[str, list[float]] | None = None,
+    ) -> None:
+        """Send metric deltas: the given ones (a completed barrier's), else everything
+        pending (a pipeline without checkpoints)."""
         # One send at a time: finish() must not return while the ticker's send is still in
         # flight, or stopping the router right after would lose those counts.
         async with self._metrics_lock:
             self._last_metrics = time.monotonic()
-            pending = self.pending_metrics
-            if not self.pending_latency and pending.is_empty():
+            if deltas is None:
+                deltas, latency = MetricDeltas(), {}
+                if not self.recoverable:
+                    for interval in self.intervals.values():
+                        deltas.merge(interval.metrics)
+                        interval.metrics = MetricDeltas()
+                        for tenant, values in interval.latency.items():
+                            latency.setdefault(tenant, []).extend(values)
+                        interval.latency = {}
+                    for number in [b for b, i in self.intervals.items() if not i.open]:
+                        del self.intervals[number]
+            latency = latency or {}
+            if not latency and deltas.is_empty():
                 return
-            deltas, self.pending_metrics = pending, MetricDeltas()
-            latency, self.pending_latency = self.pending_latency, {}
             self.ray_metrics.record(deltas)
             try:
                 if self._metrics_actor is not None:
@@ -450,6 +810,13 @@ class Router:
             "inflight_batches": sum(len(t) for t in self.inflight.values()),
             "persisting_batches": len(self.finishing),
             "open_tickets": len(self.tickets),
+            "epoch": self.epoch,
+            "recovering": self._recovering,
+            "recoveries": self.recoveries,
+            "completed_barrier": self.completed_barrier,
+            "completed_position": self.completed_position,
+            "barrier_failures": self.barrier_failures,
+            "checkpoint_bytes": self.checkpoint_bytes,
             "errors": dict(self.errors),
             "key_groups": {str(s): self.key_groups.get(s, 0) for s in sorted(self.shards)},
             "batch_latency_ms": self.batch_latency.to_fields(),
@@ -478,6 +845,8 @@ class Router:
                     "status": "CRITICAL",
                     "message": f"shard not answering: {type(exc).__name__}",
                 }
+        guard = self.alert_store.state()
+        shards["alert-store"] = {"status": guard.status, "message": guard.reason}
         overall = worst(Status(s["status"]) for s in shards.values())
         return {
             "status": str(overall),
@@ -490,6 +859,11 @@ class Router:
         }
 
 
+def _barrier_id(after: int) -> int:
+    """A barrier id above ``after`` and at least the wall clock in milliseconds."""
+    return max(after + 1, time.time_ns() // 1_000_000)
+
+
 def start_router(
     settings: Settings,
     pack: RulePack,
@@ -497,12 +871,20 @@ def start_router(
     assignment: Assignment,
     shards: dict[int, Any],
     overrides: Overrides | None = None,
+    recoverable: bool = False,
 ) -> Any:
-    """Start the router as a named async actor."""
+    """Start the router as a named async actor.
+
+    ``recoverable``: Ray restarts it whenever it dies; the driver then calls :meth:`Router.
+    recover`, which restores it (and every shard) from the latest complete checkpoint. Calls
+    are never retried by Ray: the driver replays from the stream instead.
+    """
     remote_cls = ray.remote(Router)
     return remote_cls.options(
         name=ROUTER_NAME,
         namespace=settings.ray_namespace,
         num_cpus=0.5,
         max_concurrency=64,
-    ).remote(settings, pack, config, assignment, shards, overrides)
+        max_restarts=-1 if recoverable else 0,
+        max_task_retries=0,
+    ).remote(settings, pack, config, assignment, shards, overrides, recoverable)

@@ -18,8 +18,10 @@ import ray
 from opentelemetry.trace import Link, SpanContext
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import decode_state, encode_state
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
+from rayworker.errors import StateError
 from rayworker.partition import ShardBatch
 from rayworker.rules import Overrides, RulePack
 from rayworker.settings import TelemetrySettings
@@ -30,11 +32,16 @@ from rayworker.telemetry.setup import flush_tracing, setup_process
 from rayworker.telemetry.spans import links, tracer
 from rayworker.telemetry.traced import BatchTrace
 
-__all__ = ["DetectorShard", "ShardOutput", "shard_actor", "shard_name"]
+__all__ = ["DetectorShard", "ShardOutput", "StaleEpochError", "shard_actor", "shard_name"]
 
 
 _log = logging.getLogger("rayworker.shard")
 _GAUGES_EVERY_S = 5.0
+
+
+class StaleEpochError(StateError):
+    """A call from before the shard's last restore (or to a shard not yet restored): its
+    state no longer matches what the caller sent, so the caller must recover first."""
 
 
 def shard_name(shard: int) -> str:
@@ -65,6 +72,7 @@ class DetectorShard:
         config: DetectorConfig,
         snapshot: dict[str, Any] | None = None,
         telemetry: TelemetrySettings | None = None,
+        poison: bytes | None = None,
     ) -> None:
         # The router already screened for future timestamps against its own clock.
         shard_config = DetectorConfig(
@@ -76,6 +84,13 @@ class DetectorShard:
             max_events_per_key=config.max_events_per_key,
         )
         self.shard = shard
+        self._pack, self._overrides, self._config = pack, overrides, shard_config
+        self.epoch: int | None = None
+        """The recovery epoch this state belongs to (:meth:`restore_state`); batches and
+        barriers of another epoch are refused. None until the router restores it, and again
+        after a failed batch, whose partial effects must not be built upon."""
+        self.restores = 0
+        self.poison = poison
         if snapshot is None:
             self.detector = Detector(pack, overrides, shard_config, SystemClock())
         else:
@@ -99,8 +114,14 @@ class DetectorShard:
         self.ray_metrics = PipelineMetrics.get() if ray.is_initialized() else None
         self._gauges_at = 0.0
 
-    def process(self, batch: ShardBatch, trace: BatchTrace | None = None) -> ShardOutput:
-        """Detect over one routed batch; ``trace``: the batch's trace context (None: untraced)."""
+    def process(
+        self, batch: ShardBatch, trace: BatchTrace | None = None, epoch: int | None = None
+    ) -> ShardOutput:
+        """Detect over one routed batch; ``trace``: the batch's trace context (None: untraced);
+        ``epoch``: the recovery epoch the router sent it in (None: a pipeline without
+        checkpoints, which never restores)."""
+        if epoch is not None:
+            self._check_epoch(epoch)
         if trace is None:
             output = self._process(batch)
             if _log.isEnabledFor(logging.INFO):
@@ -155,11 +176,29 @@ class DetectorShard:
         if span_context.trace_flags.sampled:
             alert.trace_id = trace_id_hex(span_context)
 
+    def _check_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            msg = (
+                f"shard {self.shard} holds the state of epoch {self.epoch}, not {epoch}: it "
+                "restarted or failed a batch since; the router recovers it from a checkpoint"
+            )
+            raise StaleEpochError(msg)
+
     def _process(self, batch: ShardBatch) -> ShardOutput:
         started = time.perf_counter()
-        result = self.detector.process_routed(
-            batch.lines(), batch.wm_after, batch.owned, batch.watermarks
-        )
+        lines = batch.lines()
+        try:
+            if self.poison is not None and any(self.poison in line for line in lines):
+                msg = f"fault injection: a batch holds the poison marker {self.poison!r}"
+                raise RuntimeError(msg)
+            result = self.detector.process_routed(
+                lines, batch.wm_after, batch.owned, batch.watermarks
+            )
+        except BaseException:
+            # A batch may have been applied in part: refuse everything until restored.
+            if self.epoch is not None:
+                self.epoch = -1
+            raise
         busy = time.perf_counter() - started
         self.events += len(batch)
         self.batches += 1
@@ -175,14 +214,47 @@ class DetectorShard:
                 self.ray_metrics.shard_state(self.shard, None, self.detector.active_keys())
         return ShardOutput(result.alerts, result.metrics, len(batch), busy)
 
-    def flush(self) -> ShardOutput:
+    def flush(self, epoch: int | None = None) -> ShardOutput:
         """End of input: settle everything pending (used at the end of a bounded run)."""
+        if epoch is not None:
+            self._check_epoch(epoch)
         result = self.detector.flush()
         return ShardOutput(result.alerts, result.metrics)
 
     def snapshot(self) -> dict[str, Any]:
         """The detector's state as plain data."""
         return self.detector.snapshot()
+
+    def checkpoint(self, barrier: int, epoch: int) -> bytes:
+        """The detector's state after every batch sent before barrier ``barrier``, encoded for
+        the checkpoint store (the router's calls run in order, so that is exactly the state
+        now)."""
+        self._check_epoch(epoch)
+        started = time.perf_counter()
+        blob = encode_state(self.detector.snapshot())
+        _log.debug(
+            "checkpoint taken",
+            extra={
+                "shard": self.shard,
+                "barrier": barrier,
+                "bytes": len(blob),
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+        return blob
+
+    def restore_state(self, blob: bytes | None, epoch: int) -> int:
+        """Continue from a checkpoint (None: from empty state) in recovery epoch ``epoch``;
+        returns the number of keys restored."""
+        if blob is None:
+            self.detector = Detector(self._pack, self._overrides, self._config, SystemClock())
+        else:
+            self.detector = Detector.restore(
+                self._pack, decode_state(blob), self._overrides, self._config
+            )
+        self.epoch = epoch
+        self.restores += 1
+        return self.detector.active_keys()
 
     def stats(self) -> dict[str, Any]:
         """Counters for health and benchmarks."""
@@ -195,11 +267,17 @@ class DetectorShard:
             "busy_s": round(self.busy_s, 3),
             "last_batch_at": self.last_batch_at,
             "uptime_s": round(time.time() - self.started_at, 1),
+            "epoch": self.epoch,
+            "restores": self.restores,
         }
 
     def ping(self) -> int:
         """Liveness: answers with the shard number."""
         return self.shard
+
+    def current_epoch(self) -> int | None:
+        """The recovery epoch of this shard's state (None: restarted, not restored yet)."""
+        return self.epoch
 
     def flush_telemetry(self) -> bool:
         """Export this process's finished spans now (before the actor is stopped)."""
@@ -215,13 +293,22 @@ def shard_actor(
     num_cpus: float,
     namespace: str,
     telemetry: TelemetrySettings | None = None,
+    recoverable: bool = False,
+    poison: bytes | None = None,
 ) -> Any:
-    """Start shard ``shard`` as a named, detached-free actor, spread across nodes."""
+    """Start shard ``shard`` as a named actor, spread across nodes.
+
+    ``recoverable``: Ray restarts the actor whenever it dies (its process, or its node); the
+    restarted shard refuses batches until the router restores it from the last checkpoint.
+    Calls are never retried by Ray (``max_task_retries=0``): a re-executed batch would be
+    counted twice, so the router replays from the stream instead.
+    """
     remote_cls = ray.remote(DetectorShard)
     return remote_cls.options(
         name=shard_name(shard),
         namespace=namespace,
         num_cpus=num_cpus,
         scheduling_strategy="SPREAD",
-        max_restarts=0,
-    ).remote(shard, pack, overrides, config, None, telemetry)
+        max_restarts=-1 if recoverable else 0,
+        max_task_retries=0,
+    ).remote(shard, pack, overrides, config, None, telemetry, poison)

@@ -21,6 +21,7 @@ import ray
 from opentelemetry.trace import SpanKind
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import Checkpoint
 from rayworker.detect import MetricDeltas
 from rayworker.errors import SinkError
 from rayworker.settings import Settings
@@ -35,11 +36,16 @@ from rayworker.telemetry.spans import tracer
 __all__ = [
     "METRICS_ACTOR",
     "MetricsActor",
+    "clear_checkpoints",
     "flush_sink_telemetry",
+    "latest_checkpoint",
+    "load_checkpoint_state",
     "persist_alerts",
+    "prune_checkpoints",
     "record_error",
     "record_metrics",
     "run_in_worker_loop",
+    "save_checkpoint",
 ]
 
 METRICS_ACTOR = "rayworker-metrics"
@@ -145,6 +151,86 @@ def record_error(settings: Settings, tenant: str | None, kind: str, count: int =
         await store.record_error(tenant, kind, datetime.now(UTC), count=count)
 
     run_in_worker_loop(run())
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def save_checkpoint(
+    settings: Settings, owner: str, barrier: int, position: int, state: bytes
+) -> int:
+    """Write one state holder's checkpoint to the alert store's database; returns its size.
+
+    ``state`` is usually passed as the ObjectRef of a shard's ``checkpoint`` call, so the
+    bytes go from the shard's node straight to this worker, not through the router.
+    """
+
+    async def run() -> None:
+        store: Any = await _alerts(settings)
+        await store.save_checkpoint(
+            settings.ray_namespace, Checkpoint(owner, barrier, position, state)
+        )
+
+    run_in_worker_loop(run())
+    return len(state)
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def latest_checkpoint(settings: Settings, owner: str) -> Checkpoint | None:
+    """The owner's newest checkpoint (the router's marks the latest complete barrier)."""
+
+    async def run() -> Checkpoint | None:
+        store: Any = await _alerts(settings)
+        found: Checkpoint | None = await store.latest_checkpoint(settings.ray_namespace, owner)
+        return found
+
+    result: Checkpoint | None = run_in_worker_loop(run())
+    return result
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def load_checkpoint_state(settings: Settings, owner: str, barrier: int) -> bytes:
+    """The state bytes of the owner's checkpoint of ``barrier``; raises if it is missing."""
+
+    async def run() -> Checkpoint | None:
+        store: Any = await _alerts(settings)
+        found: Checkpoint | None = await store.load_checkpoint(
+            settings.ray_namespace, owner, barrier
+        )
+        return found
+
+    found: Checkpoint | None = run_in_worker_loop(run())
+    if found is None:
+        msg = (
+            f"checkpoint of {owner} at barrier {barrier} is missing from the alert store; "
+            "its database was changed by hand: start afresh with `rayworker run --fresh-state`"
+        )
+        raise SinkError(msg)
+    return found.state
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def prune_checkpoints(settings: Settings, below: int) -> int:
+    """Delete checkpoints of barriers older than ``below``; returns rows deleted."""
+
+    async def run() -> int:
+        store: Any = await _alerts(settings)
+        deleted: int = await store.prune_checkpoints(settings.ray_namespace, below)
+        return deleted
+
+    result: int = run_in_worker_loop(run())
+    return result
+
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def clear_checkpoints(settings: Settings) -> int:
+    """Delete all of this pipeline's checkpoints (``--fresh-state``); returns rows deleted."""
+
+    async def run() -> int:
+        store: Any = await _alerts(settings)
+        deleted: int = await store.clear_checkpoints(settings.ray_namespace)
+        return deleted
+
+    result: int = run_in_worker_loop(run())
+    return result
 
 
 class MetricsActor:

@@ -9,12 +9,14 @@ arrive.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
+from rayworker.checkpoint import stream_position
 from rayworker.detect import LateEvent
 from rayworker.events import Rejection, RejectReason
-from rayworker.ingest.redis_streams import IngestError, StreamConsumer
+from rayworker.ingest.redis_streams import IngestError, StreamConsumer, StreamEntry
 from rayworker.pipeline.app import Batch
 from rayworker.telemetry.propagation import Carrier, carrier_from_fields
 from rayworker.telemetry.ray_metrics import PipelineMetrics
@@ -22,14 +24,23 @@ from rayworker.telemetry.ray_metrics import PipelineMetrics
 __all__ = ["StreamBatches", "paced_batches"]
 
 _LAG_EVERY_S = 5.0
+_log = logging.getLogger("rayworker.ingest")
 
 
 class StreamBatches:
     """Batches read from a consumer group; ack and dead-letter adapters for the pump."""
 
-    def __init__(self, consumer: StreamConsumer, stop: asyncio.Event) -> None:
+    def __init__(
+        self, consumer: StreamConsumer, stop: asyncio.Event, *, poison_attempts: int = 3
+    ) -> None:
         self.consumer = consumer
         self.stop = stop
+        self.poison_attempts = poison_attempts
+        self.replay_entries = max(consumer.count, 1)
+        self.poisoned = 0
+        # Rejections of entries up to here were dead-lettered already: a replay after a
+        # recovery screens them again, identically, and must not write them twice.
+        self._dead_lettered_upto = 0
         # The entry of each line of the latest batch: the pump dead-letters a batch's rejects
         # right after submitting it, before the next read.
         self._latest: tuple[list[bytes], list[str]] = ([], [])
@@ -38,20 +49,81 @@ class StreamBatches:
     async def __aiter__(self) -> AsyncIterator[Batch]:
         while not self.stop.is_set():
             entries = await self.consumer.read()
-            lines: list[bytes] = []
-            owners: list[str] = []
-            traces: list[tuple[int, Carrier]] = []
-            for entry in entries:
-                if entry.traceparent is not None:
-                    carrier = carrier_from_fields(entry.traceparent, entry.tracestate)
-                    if carrier is not None:
-                        traces.extend((len(lines) + i, carrier) for i in range(len(entry.lines)))
-                lines.extend(entry.lines)
-                owners.extend([entry.entry_id] * len(entry.lines))
-            ids = [entry.entry_id for entry in entries]
-            self._latest = (lines, owners)
             await self._report_lag()
-            yield Batch(lines, ids or None, traces)
+            yield self._batch(entries)
+
+    def _batch(self, entries: Sequence[StreamEntry], *, isolated: bool = False) -> Batch:
+        lines: list[bytes] = []
+        owners: list[str] = []
+        traces: list[tuple[int, Carrier]] = []
+        for entry in entries:
+            if entry.traceparent is not None:
+                carrier = carrier_from_fields(entry.traceparent, entry.tracestate)
+                if carrier is not None:
+                    traces.extend((len(lines) + i, carrier) for i in range(len(entry.lines)))
+            lines.extend(entry.lines)
+            owners.extend([entry.entry_id] * len(entry.lines))
+        ids = [entry.entry_id for entry in entries]
+        self._latest = (lines, owners)
+        position = max((stream_position(i) for i in ids), default=None)
+        return Batch(lines, ids or None, traces, position, isolated)
+
+    async def replay(self, after: int, failures: Mapping[str, list[str]]) -> AsyncIterator[Batch]:
+        """After a recovery: every pending entry above ``after``, in stream order.
+
+        Entries at or below ``after`` are covered by the checkpoint and acknowledged here.
+        An entry that failed before comes alone (``isolated``), so a further failure is
+        attributable to it; after ``poison_attempts`` failures it goes to the dead-letter
+        stream with its history (reason ``poison``) and is acknowledged, so the rest flows.
+        """
+        await self.consumer.claim_all()
+        cursor = "0"
+        group: list[StreamEntry] = []
+        while True:
+            entries = await self.consumer.read_pending(after=cursor)
+            if not entries:
+                break
+            cursor = entries[-1].entry_id
+            covered = [e.entry_id for e in entries if stream_position(e.entry_id) <= after]
+            if covered:
+                await self.consumer.ack(covered)
+            for entry in entries:
+                if stream_position(entry.entry_id) <= after:
+                    continue
+                history = failures.get(entry.entry_id, [])
+                if not history:
+                    group.append(entry)
+                    if len(group) >= self.replay_entries:
+                        yield self._batch(group)
+                        group = []
+                    continue
+                if group:
+                    yield self._batch(group)
+                    group = []
+                if len(history) >= self.poison_attempts:
+                    await self._dead_letter_poison(entry, history)
+                else:
+                    yield self._batch([entry], isolated=True)
+            if group:
+                yield self._batch(group)
+                group = []
+
+    async def _dead_letter_poison(self, entry: StreamEntry, history: list[str]) -> None:
+        message = (
+            f"processing failed {len(history)} times ({', '.join(history)}); the entry was "
+            "set aside so the stream flows on: inspect it, fix the cause and re-add it"
+        )
+        records = [
+            Rejection(RejectReason.POISON, None, message, line, index, None)
+            for index, line in enumerate(entry.lines)
+        ]
+        await self.consumer.dead_letter(records, source_entries=[entry.entry_id] * len(records))
+        await self.consumer.ack([entry.entry_id])
+        self.poisoned += 1
+        _log.warning(
+            "poison entry dead-lettered",
+            extra={"entry": entry.entry_id, "attempts": len(history), "events": len(records)},
+        )
 
     async def _report_lag(self) -> None:
         """Set the consumer-lag gauge of Ray's metrics every few seconds."""
@@ -79,7 +151,15 @@ class StreamBatches:
             owners = []
         records = list(rejections) + [_late_record(event, lines) for event in late]
         entries = [owners[r.index] if 0 <= r.index < len(owners) else None for r in records]
-        await self.consumer.dead_letter(records, source_entries=entries)
+        upto = self._dead_lettered_upto
+        if upto:
+            fresh = [i for i, e in enumerate(entries) if e is None or stream_position(e) > upto]
+            records = [records[i] for i in fresh]
+            entries = [entries[i] for i in fresh]
+        if records:
+            await self.consumer.dead_letter(records, source_entries=entries)
+        if owners:
+            self._dead_lettered_upto = max(upto, *(stream_position(e) for e in set(owners)))
 
 
 def _late_record(event: LateEvent, lines: list[bytes]) -> Rejection:

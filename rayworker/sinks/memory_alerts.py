@@ -36,6 +36,7 @@ from rayworker.sinks.alert_store import (
     severity_rank,
     tally_stats,
 )
+from rayworker.sinks.checkpoint_store import MemoryCheckpoints
 
 __all__ = ["MemoryAlertStore"]
 
@@ -62,10 +63,11 @@ def _page(
     return rows[offset : offset + limit]
 
 
-class MemoryAlertStore(LifecycleActions):
+class MemoryAlertStore(LifecycleActions, MemoryCheckpoints):
     """An :class:`~rayworker.sinks.alert_store.AlertStore` held in memory."""
 
     def __init__(self, *, clock: Clock | None = None) -> None:
+        MemoryCheckpoints.__init__(self)
         self._clock: Clock = clock or SystemClock()
         self._rows: dict[str, StoredAlert] = {}
         self._transitions: builtins.list[Transition] = []

@@ -29,6 +29,7 @@ import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import Checkpoint
 from rayworker.clock import Clock, SystemClock
 from rayworker.errors import SinkError
 from rayworker.sinks.alert_store import (
@@ -455,3 +456,62 @@ class PostgresAlertStore(LifecycleActions):
                 _FILTERED_PAGE, store_text(tenant), *filters, *_after(after), sort, limit, offset
             )
         return [_row(r) for r in rows]
+
+    # ----------------------------------------------------------------- checkpoints
+
+    async def save_checkpoint(self, pipeline: str, checkpoint: Checkpoint) -> None:
+        """Write (or overwrite) one owner's checkpoint of one barrier."""
+        async with self._conn("save a checkpoint") as conn:
+            await conn.execute(
+                _SAVE_CHECKPOINT,
+                pipeline,
+                checkpoint.owner,
+                checkpoint.barrier,
+                checkpoint.position,
+                checkpoint.state,
+            )
+
+    async def latest_checkpoint(self, pipeline: str, owner: str) -> Checkpoint | None:
+        """The owner's checkpoint with the highest barrier, or None."""
+        async with self._conn("read a checkpoint") as conn:
+            found = await conn.fetchrow(_LATEST_CHECKPOINT, pipeline, owner)
+        return None if found is None else _checkpoint(found)
+
+    async def load_checkpoint(self, pipeline: str, owner: str, barrier: int) -> Checkpoint | None:
+        """The owner's checkpoint of exactly ``barrier``, or None."""
+        async with self._conn("read a checkpoint") as conn:
+            found = await conn.fetchrow(_LOAD_CHECKPOINT, pipeline, owner, barrier)
+        return None if found is None else _checkpoint(found)
+
+    async def prune_checkpoints(self, pipeline: str, below: int) -> int:
+        """Delete every checkpoint of barriers below ``below``; returns rows deleted."""
+        async with self._conn("prune checkpoints") as conn:
+            status = await conn.execute(
+                "DELETE FROM checkpoints WHERE pipeline = $1 AND barrier < $2", pipeline, below
+            )
+        return int(status.split()[-1])
+
+    async def clear_checkpoints(self, pipeline: str) -> int:
+        """Delete all of a pipeline's checkpoints (a fresh start); returns rows deleted."""
+        async with self._conn("clear checkpoints") as conn:
+            status = await conn.execute("DELETE FROM checkpoints WHERE pipeline = $1", pipeline)
+        return int(status.split()[-1])
+
+
+_SAVE_CHECKPOINT: Final = (
+    "INSERT INTO checkpoints (pipeline, owner, barrier, position, state)"
+    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (pipeline, owner, barrier) DO UPDATE SET"
+    " position = excluded.position, state = excluded.state, created_at = now()"
+)
+_LATEST_CHECKPOINT: Final = (
+    "SELECT owner, barrier, position, state FROM checkpoints WHERE pipeline = $1 AND owner = $2"
+    " ORDER BY barrier DESC LIMIT 1"
+)
+_LOAD_CHECKPOINT: Final = (
+    "SELECT owner, barrier, position, state FROM checkpoints"
+    " WHERE pipeline = $1 AND owner = $2 AND barrier = $3"
+)
+
+
+def _checkpoint(row: Any) -> Checkpoint:
+    return Checkpoint(str(row["owner"]), int(row["barrier"]), int(row["position"]), row["state"])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import Checkpoint
 from rayworker.clock import Clock, SystemClock
 from rayworker.errors import SinkError
 from rayworker.sinks.alert_store import (
@@ -425,3 +426,76 @@ class SqliteAlertStore(LifecycleActions):
             return [_row(r) for r in conn.execute(_FILTERED_PAGE, params)]
 
         return await self._run(read)
+
+    # ----------------------------------------------------------------- checkpoints
+
+    async def save_checkpoint(self, pipeline: str, checkpoint: Checkpoint) -> None:
+        """Write (or overwrite) one owner's checkpoint of one barrier."""
+        row = (
+            pipeline,
+            checkpoint.owner,
+            checkpoint.barrier,
+            checkpoint.position,
+            checkpoint.state,
+            dt_to_us(self._clock.now()),
+        )
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(_SAVE_CHECKPOINT, row)
+
+        await self._tx(write)
+
+    async def latest_checkpoint(self, pipeline: str, owner: str) -> Checkpoint | None:
+        """The owner's checkpoint with the highest barrier, or None."""
+
+        def read(conn: sqlite3.Connection) -> Checkpoint | None:
+            found = conn.execute(_LATEST_CHECKPOINT, (pipeline, owner)).fetchone()
+            return None if found is None else _checkpoint(found)
+
+        return await self._run(read)
+
+    async def load_checkpoint(self, pipeline: str, owner: str, barrier: int) -> Checkpoint | None:
+        """The owner's checkpoint of exactly ``barrier``, or None."""
+
+        def read(conn: sqlite3.Connection) -> Checkpoint | None:
+            found = conn.execute(_LOAD_CHECKPOINT, (pipeline, owner, barrier)).fetchone()
+            return None if found is None else _checkpoint(found)
+
+        return await self._run(read)
+
+    async def prune_checkpoints(self, pipeline: str, below: int) -> int:
+        """Delete every checkpoint of barriers below ``below``; returns rows deleted."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM checkpoints WHERE pipeline = ? AND barrier < ?", (pipeline, below)
+            ).rowcount
+
+        return await self._tx(delete)
+
+    async def clear_checkpoints(self, pipeline: str) -> int:
+        """Delete all of a pipeline's checkpoints (a fresh start); returns rows deleted."""
+
+        def delete(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM checkpoints WHERE pipeline = ?", (pipeline,)).rowcount
+
+        return await self._tx(delete)
+
+
+_SAVE_CHECKPOINT: Final = (
+    "INSERT INTO checkpoints (pipeline, owner, barrier, position, state, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, owner, barrier) DO UPDATE SET"
+    " position = excluded.position, state = excluded.state, created_at = excluded.created_at"
+)
+_LATEST_CHECKPOINT: Final = (
+    "SELECT owner, barrier, position, state FROM checkpoints WHERE pipeline = ? AND owner = ?"
+    " ORDER BY barrier DESC LIMIT 1"
+)
+_LOAD_CHECKPOINT: Final = (
+    "SELECT owner, barrier, position, state FROM checkpoints"
+    " WHERE pipeline = ? AND owner = ? AND barrier = ?"
+)
+
+
+def _checkpoint(row: sqlite3.Row) -> Checkpoint:
+    return Checkpoint(str(row[0]), int(row[1]), int(row[2]), bytes(row[3]))

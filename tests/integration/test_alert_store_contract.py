@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from rayworker.alerts import Alert
+from rayworker.checkpoint import Checkpoint
 from rayworker.clock import FixedClock
 from rayworker.sinks import (
     AlertNotFound,
@@ -646,11 +647,15 @@ def test_sqlite_migrations_apply_once_and_detect_tampering() -> None:
     try:
         status = check_sqlite(conn)
         assert not status.up_to_date
-        assert [m.name for m in status.pending] == ["0001_alerts", "0002_silences"]
-        assert migrate_sqlite(conn) == (1, 2)
+        assert [m.name for m in status.pending] == [
+            "0001_alerts",
+            "0002_silences",
+            "0003_checkpoints",
+        ]
+        assert migrate_sqlite(conn) == (1, 2, 3)
         assert migrate_sqlite(conn) == ()
         assert check_sqlite(conn).up_to_date
-        assert check_sqlite(conn).applied == (1, 2)
+        assert check_sqlite(conn).applied == (1, 2, 3)
         conn.execute("UPDATE schema_migrations SET checksum = ?", ("edited",))
         with pytest.raises(MigrationError, match="changed after it was applied"):
             check_sqlite(conn)
@@ -685,10 +690,14 @@ def test_postgres_migrations_apply_once_and_store_refuses_unmigrated(
         conn = await asyncpg.connect(DSN, server_settings={"search_path": schema})
         try:
             status = await check_postgres(conn)
-            assert [m.name for m in status.pending] == ["0001_alerts", "0002_silences"]
-            assert await migrate_postgres(conn) == (1, 2)
+            assert [m.name for m in status.pending] == [
+                "0001_alerts",
+                "0002_silences",
+                "0003_checkpoints",
+            ]
+            assert await migrate_postgres(conn) == (1, 2, 3)
             assert await migrate_postgres(conn) == ()
-            assert (await check_postgres(conn)).applied == (1, 2)
+            assert (await check_postgres(conn)).applied == (1, 2, 3)
             async with PostgresAlertStore(DSN, search_path=schema, max_size=1) as opened:
                 assert (await opened.check()).up_to_date
             await conn.execute("UPDATE schema_migrations SET checksum = $1", "edited")
@@ -712,3 +721,52 @@ def test_postgres_store_hides_the_dsn() -> None:
         assert "hunter2" not in str(info.value)
 
     asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoints_round_trip_latest_and_exact_barrier(harness: Harness) -> None:
+    """A saved checkpoint reads back byte for byte, by exact barrier and as the latest."""
+    pipeline = f"p-{secrets.token_hex(4)}"
+    blob = bytes(range(256)) * 40  # every byte value, NUL included
+
+    async def scenario(store: Any) -> None:
+        assert await store.latest_checkpoint(pipeline, "router") is None
+        await store.save_checkpoint(pipeline, Checkpoint("shard-0", 1, 10, b"one"))
+        await store.save_checkpoint(pipeline, Checkpoint("shard-0", 2, 20, blob))
+        await store.save_checkpoint(pipeline, Checkpoint("router", 1, 10, b"r1"))
+        latest = await store.latest_checkpoint(pipeline, "shard-0")
+        assert latest == Checkpoint("shard-0", 2, 20, blob)
+        assert await store.load_checkpoint(pipeline, "shard-0", 1) == Checkpoint(
+            "shard-0", 1, 10, b"one"
+        )
+        assert await store.load_checkpoint(pipeline, "shard-0", 3) is None
+        assert await store.latest_checkpoint(pipeline, "router") == Checkpoint(
+            "router", 1, 10, b"r1"
+        )
+        assert await store.latest_checkpoint(f"{pipeline}-other", "shard-0") is None
+
+    harness.run(scenario)
+
+
+def test_checkpoint_save_overwrites_and_prune_keeps_recent(harness: Harness) -> None:
+    """Saving a barrier twice keeps the second; prune drops older barriers of that pipeline only."""
+    pipeline, other = f"p-{secrets.token_hex(4)}", f"q-{secrets.token_hex(4)}"
+
+    async def scenario(store: Any) -> None:
+        for barrier in (1, 2, 3):
+            await store.save_checkpoint(pipeline, Checkpoint("shard-1", barrier, barrier, b"x"))
+        await store.save_checkpoint(other, Checkpoint("shard-1", 1, 1, b"y"))
+        await store.save_checkpoint(pipeline, Checkpoint("shard-1", 3, 33, b"z"))
+        assert await store.load_checkpoint(pipeline, "shard-1", 3) == Checkpoint(
+            "shard-1", 3, 33, b"z"
+        )
+        assert await store.prune_checkpoints(pipeline, 3) == 2
+        assert await store.load_checkpoint(pipeline, "shard-1", 2) is None
+        assert await store.load_checkpoint(other, "shard-1", 1) is not None
+        assert await store.clear_checkpoints(pipeline) == 1
+        assert await store.latest_checkpoint(pipeline, "shard-1") is None
+        assert await store.clear_checkpoints(other) == 1
+
+    harness.run(scenario)

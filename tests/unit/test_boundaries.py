@@ -25,6 +25,9 @@ CORE = [
     PACKAGE / "backtest_points.py",
     PACKAGE / "backtest_vector.py",
     PACKAGE / "backtest_suggest.py",
+    PACKAGE / "checkpoint.py",
+    PACKAGE / "columnar.py",
+    PACKAGE / "resilience.py",
     *sorted((PACKAGE / "rules").glob("*.py")),
 ]
 FORBIDDEN = {"ray", "redis", "asyncpg"}

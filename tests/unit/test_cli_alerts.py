@@ -386,7 +386,7 @@ def test_db_migrate_applies_once_then_reports_up_to_date(
     assert not path.exists()
     assert run(["db", "migrate", "--alerts-dsn", dsn]) == 0
     out = capsys.readouterr().out
-    assert "applied 2 migration(s)" in out
+    assert "applied 3 migration(s)" in out
     assert "0001_alerts" in out
     assert run(["db", "migrate", "--alerts-dsn", dsn]) == 0
     assert "up to date" in capsys.readouterr().out
