@@ -240,7 +240,7 @@ class PipelineRunner:
         try:
             await self._await_predecessor()
             if not self._stop.is_set():
-                pipeline = Pipeline(self._settings)
+                pipeline = Pipeline(self._settings, recoverable=True)
                 await pipeline.start(migrate=self._migrate)
                 self._progress.address = pipeline.address
             if pipeline is not None and not self._stop.is_set():
@@ -285,16 +285,21 @@ class PipelineRunner:
         from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
         from rayworker.pipeline.sources import StreamBatches  # noqa: PLC0415
 
-        consumer = StreamConsumer.from_settings(self._settings)
+        consumer = StreamConsumer.from_settings(
+            self._settings, replays_pending=pipeline.recoverable
+        )
         try:
             await consumer.ensure_group()
-            source = StreamBatches(consumer, self._stop)
+            source = StreamBatches(
+                consumer, self._stop, poison_attempts=self._settings.poison_attempts
+            )
             return await pipeline.pump(
                 source.__aiter__(),
                 ack=source.ack,
                 dead_letter=source.dead_letter,
                 stop=self._stop,
                 on_progress=self._on_progress,
+                replay=source.replay,
             )
         finally:
             await consumer.close()
