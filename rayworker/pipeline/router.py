@@ -372,7 +372,7 @@ class Router:
         for shard in self.shards:
             self._flush(shard)
         while any(self.outbox.values()) or any(self.inflight.values()) or self.finishing:
-            if self.failed:
+            if self.failed and self.recoverable:
                 return  # the caller recovers; waiting on would hang on a dead shard
             pending: list[asyncio.Future[Any]] = [*self.finishing]
             pending += [f for futures in self.inflight.values() for f in futures]
