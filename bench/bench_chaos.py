@@ -26,30 +26,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import asyncpg
 
-from rayworker.chaos import DrillReport, FaultPlan, drill_workload, kill_actors, run_drill
+from rayworker.chaos import (
+    DrillReport,
+    FaultPlan,
+    drill_settings,
+    drill_workload,
+    kill_actors,
+    run_drill,
+)
 from rayworker.pipeline.runtime import connect_ray
-from rayworker.settings import Settings, load_settings
-
-
-def _settings(redis: str, dsn: str, name: str) -> Settings:
-    return load_settings(
-        alerts_dsn=dsn,
-        metrics_url=redis,
-        metrics_prefix=f"rwbench-{name}",
-        stream_url=redis,
-        stream_key=f"rwbench:{name}:events",
-        dead_letter_stream=f"rwbench:{name}:dead",
-        consumer_group="chaos",
-        consumer_name="driver",
-        ray_namespace=f"rwbench-{name}",
-        shards=2,
-        flush_events=1000,
-        linger_ms=5,
-        read_count=20,
-        block_ms=20,
-        checkpoint_interval_s=0.5,
-        recovery_timeout_s=60,
-    )
 
 
 async def _schema(dsn: str, sql: str) -> None:
@@ -116,7 +101,7 @@ def main() -> int:
         schema = f"rwbench_{name}"
         asyncio.run(_schema(args.postgres, f"CREATE SCHEMA {schema}"))
         try:
-            settings = _settings(args.redis, f"{args.postgres}?search_path={schema}", name)
+            settings = drill_settings(args.redis, f"{args.postgres}?search_path={schema}", name)
             reports[label] = asyncio.run(run_drill(settings, lines, plan, rate=args.rate))
         finally:
             asyncio.run(_schema(args.postgres, f"DROP SCHEMA {schema} CASCADE"))

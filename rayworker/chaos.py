@@ -34,7 +34,7 @@ from rayworker.detect import Detector
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.pipeline.app import Pipeline, PumpStats, detector_config, load_pack
 from rayworker.pipeline.sources import StreamBatches
-from rayworker.settings import Settings
+from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
 from rayworker.sources.synthetic import SyntheticConfig, generate
 
@@ -43,6 +43,7 @@ __all__ = [
     "FaultPlan",
     "Recovery",
     "await_recovery",
+    "drill_settings",
     "drill_workload",
     "expected_alerts",
     "kill_actors",
@@ -92,6 +93,30 @@ class DrillReport:
         """Rows beyond one per expected alert: extra ids, or more occurrences than expected."""
         extra = sum(1 for k, n in self.stored.items() if n > self.expected.get(k, 0))
         return extra + self.stored_rows - len(self.stored)
+
+
+def drill_settings(redis_url: str, alerts_dsn: str, name: str, **extra: Any) -> Settings:
+    """Settings of a drill pipeline: its own stream keys, metrics prefix and Ray namespace
+    (all derived from ``name``), 2 shards, small batches and a checkpoint every 0.5 s."""
+    return load_settings(
+        alerts_dsn=alerts_dsn,
+        metrics_url=redis_url,
+        metrics_prefix=f"rwdrill-{name}",
+        stream_url=redis_url,
+        stream_key=f"rwdrill:{name}:events",
+        dead_letter_stream=f"rwdrill:{name}:dead",
+        consumer_group="chaos",
+        consumer_name="driver",
+        ray_namespace=f"rwdrill-{name}",
+        shards=2,
+        flush_events=1000,
+        linger_ms=5,
+        read_count=20,
+        block_ms=20,
+        checkpoint_interval_s=0.5,
+        recovery_timeout_s=60,
+        **extra,
+    )
 
 
 def drill_workload(events: int, *, tenants: int = 30, seed: int = 3) -> list[bytes]:

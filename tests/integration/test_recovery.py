@@ -14,33 +14,14 @@ from typing import Any
 
 import pytest
 
-from rayworker.chaos import drill_workload, kill_actors, run_drill
-from rayworker.settings import Settings, load_settings
+from rayworker.chaos import drill_settings, drill_workload, kill_actors, run_drill
+from rayworker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 
 def _settings(redis_url: str, pg_dsn: str, **extra: Any) -> Settings:
-    token = secrets.token_hex(5)
-    return load_settings(
-        alerts_dsn=pg_dsn,
-        metrics_url=redis_url,
-        metrics_prefix=f"rwtest-{token}",
-        stream_url=redis_url,
-        stream_key=f"rwtest:{token}:events",
-        dead_letter_stream=f"rwtest:{token}:dead",
-        consumer_group="chaos",
-        consumer_name="driver",
-        ray_namespace=f"rwchaos-{token}",
-        shards=2,
-        flush_events=1000,
-        linger_ms=5,
-        read_count=20,
-        block_ms=20,
-        checkpoint_interval_s=0.5,
-        recovery_timeout_s=60,
-        **extra,
-    )
+    return drill_settings(redis_url, pg_dsn, secrets.token_hex(5), **extra)
 
 
 def test_twenty_shard_kills_and_a_router_kill_converge_on_replay(

@@ -26,12 +26,12 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 
-from rayworker.chaos import drill_workload, expected_alerts, stored_alerts
+from rayworker.chaos import drill_settings, drill_workload, expected_alerts, stored_alerts
 from rayworker.checkpoint import ROUTER_OWNER, stream_position
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.pipeline.app import Pipeline, PumpStats
 from rayworker.pipeline.sources import StreamBatches
-from rayworker.settings import Settings, load_settings
+from rayworker.settings import Settings
 from rayworker.sinks.factory import open_alert_store
 from tests.integration.private_services import (
     PrivatePostgres,
@@ -46,26 +46,7 @@ _FINISH_TIMEOUT_S = 75.0
 
 
 def _settings(redis_url: str, pg_dsn: str, **extra: Any) -> Settings:
-    token = secrets.token_hex(5)
-    return load_settings(
-        alerts_dsn=pg_dsn,
-        metrics_url=redis_url,
-        metrics_prefix=f"rwtest-{token}",
-        stream_url=redis_url,
-        stream_key=f"rwtest:{token}:events",
-        dead_letter_stream=f"rwtest:{token}:dead",
-        consumer_group="faults",
-        consumer_name="driver",
-        ray_namespace=f"rwfaults-{token}",
-        shards=2,
-        flush_events=1000,
-        linger_ms=5,
-        read_count=20,
-        block_ms=20,
-        checkpoint_interval_s=0.5,
-        recovery_timeout_s=60,
-        **extra,
-    )
+    return drill_settings(redis_url, pg_dsn, secrets.token_hex(5), **extra)
 
 
 def _tenants(lines: Sequence[bytes]) -> set[str]:
