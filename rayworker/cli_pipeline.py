@@ -1,4 +1,4 @@
-"""``rayworker run``, ``rayworker demo`` and ``rayworker check``: the pipeline's commands.
+"""``rayworker run``, ``demo``, ``check`` and ``scale``: the pipeline's commands.
 
 ``run`` is production: Redis Streams in (or a JSONL file), PostgreSQL and Redis out, an
 existing Ray cluster (``RAY_ADDRESS``) or a local one, health on Serve. ``demo`` is the same
@@ -34,7 +34,7 @@ _DEMO_DB = "rayworker-demo.db"
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``run``, ``demo`` and ``check`` to the ``rayworker`` command."""
+    """Add ``run``, ``demo``, ``check`` and ``scale`` to the ``rayworker`` command."""
     run = commands.add_parser(
         "run",
         help="run the pipeline: Redis Streams (or a JSONL file) in, alerts and metrics out",
@@ -78,6 +78,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_check)
 
+    scale = commands.add_parser(
+        "scale",
+        help="change the number of detector shards of a running pipeline (moves state live)",
+        description=(
+            "Ask the running pipeline (found by RAY_ADDRESS or ray_address, and the Ray "
+            "namespace) for N shards. Between two batches it pauses ingest, moves key groups "
+            "with their window state to the new shards (or off the removed ones), checkpoints "
+            "the new layout and resumes; no event is lost or counted twice."
+        ),
+    )
+    scale.add_argument("--shards", type=int, required=True, help="the number of shards wanted")
+    scale.add_argument("--config", type=Path, help="TOML or YAML settings file")
+    scale.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds to wait for the hand-off"
+    )
+    scale.set_defaults(handler=_scale)
+
 
 # --- run ----------------------------------------------------------------------------------------
 
@@ -92,13 +109,14 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from rayworker.pipeline.app import Pipeline  # noqa: PLC0415 - keeps `rayworker --help` fast
+    from rayworker.pipeline.pump import consumer_lag  # noqa: PLC0415
     from rayworker.pipeline.sources import StreamBatches, paced_batches  # noqa: PLC0415
 
     err = Console(file=sys.stderr, highlight=False)
     err.print(f"settings: {json.dumps(settings.public(), default=str)}")
     pipeline = Pipeline(settings, recoverable=settings.source == "redis")
     await pipeline.start(migrate=args.migrate, fresh_state=args.fresh_state)
-    err.print(f"ray: {pipeline.address}; {settings.shards} shards, router started")
+    err.print(f"ray: {pipeline.address}; {len(pipeline.shards)} shards, router started")
     stop = _stop_on_signals()
 
     last_line = [0.0]
@@ -129,6 +147,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
                     stop=stop,
                     on_progress=progress,
                     replay=source.replay,
+                    lag=consumer_lag(consumer),
                 )
             finally:
                 await consumer.close()
@@ -351,3 +370,55 @@ def _check(args: argparse.Namespace) -> int:
             table.add_row(name, str(component.status), component.message)
         console.print(table)
     return 0 if report.http_status == 200 else 1
+
+
+# --- scale --------------------------------------------------------------------------------------
+
+
+def _scale(args: argparse.Namespace) -> int:
+    import ray  # noqa: PLC0415 - keeps `rayworker --help` fast
+
+    from rayworker.pipeline.router import ROUTER_NAME  # noqa: PLC0415
+    from rayworker.pipeline.runtime import connect_ray  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        msg = (
+            "RAY_ADDRESS is not set: point it at the cluster of the running pipeline "
+            "(`rayworker run` prints the address it uses)"
+        )
+        raise ConfigError(msg)
+    connect_ray(address, namespace=settings.ray_namespace)
+    try:
+        router = ray.get_actor(ROUTER_NAME, namespace=settings.ray_namespace)
+    except ValueError:
+        msg = (
+            f"no rayworker pipeline is running in Ray namespace {settings.ray_namespace!r} "
+            f"at {address}; start one with `rayworker run` or set RAYWORKER_RAY_NAMESPACE"
+        )
+        raise ConfigError(msg) from None
+    try:
+        answer: Any = ray.get(router.request_scale.remote(args.shards))
+    except ray.exceptions.RayTaskError as exc:
+        # The router's message (its last line) says what is wrong and how to fix it.
+        raise ConfigError(str(exc).strip().splitlines()[-1]) from None
+    request = int(answer)
+    print(f"asked the pipeline for {args.shards} shards (request {request}); waiting ...")
+    result: dict[str, Any] | None = ray.get(router.scale_result.remote(request, args.timeout))
+    if result is None:
+        print(
+            f"no answer within {args.timeout:.0f} s: the pipeline carries the request out "
+            "between two batches; check `rayworker check` for its progress"
+        )
+        return 1
+    if not result.get("ok"):
+        print(f"the rescale failed: {result.get('error')}")
+        return 1
+    print(
+        f"now {len(result['shards'])} shards ({', '.join(map(str, result['shards']))}); "
+        f"moved {result['moved_key_groups']} key groups; ingest paused "
+        f"{result['paused_s']:.2f} s (drain {result['drain_s']:.2f} s, hand-off "
+        f"{result['handoff_s']:.2f} s, checkpoint {result['checkpoint_s']:.2f} s)"
+    )
+    return 0

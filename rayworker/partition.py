@@ -266,6 +266,17 @@ class Partitioner:
             wanted |= mask
         return wanted
 
+    def reassign(self, assignment: Assignment) -> None:
+        """Route by ``assignment`` from now on (a rescale, after the state moved with it)."""
+        if assignment.groups != self.assignment.groups:
+            msg = (
+                f"the new assignment has {assignment.groups} key groups, this pipeline "
+                f"{self.assignment.groups}; the number of key groups never changes"
+            )
+            raise StateError(msg)
+        self.assignment = assignment
+        self._owner = np.asarray(assignment.owner, dtype=np.int64)
+
     def watermarks(self) -> dict[str, int]:
         """The largest event time seen per tenant (microseconds)."""
         return dict(self._max_seen)

@@ -283,6 +283,7 @@ class PipelineRunner:
 
     async def _pump(self, pipeline: Any) -> Any:
         from rayworker.ingest.redis_streams import StreamConsumer  # noqa: PLC0415
+        from rayworker.pipeline.pump import consumer_lag  # noqa: PLC0415
         from rayworker.pipeline.sources import StreamBatches  # noqa: PLC0415
 
         consumer = StreamConsumer.from_settings(
@@ -300,6 +301,7 @@ class PipelineRunner:
                 stop=self._stop,
                 on_progress=self._on_progress,
                 replay=source.replay,
+                lag=consumer_lag(consumer),
             )
         finally:
             await consumer.close()

@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from rayworker.autoscale import AutoscalePolicy
 from rayworker.errors import ConfigError
 from rayworker.integrity import IntegrityConfig, Policy
 
@@ -248,6 +249,10 @@ class Settings(BaseSettings):
     )
     recovery_timeout_s: float = Field(
         120.0, gt=0, description="how long recovery waits for a restarted actor to answer"
+    )
+    autoscale: AutoscalePolicy = Field(
+        default_factory=AutoscalePolicy,
+        description="add or remove shards from the consumer lag (off by default)",
     )
     poison_attempts: int = Field(
         3, ge=1, description="an entry whose processing failed this often is dead-lettered"

@@ -20,21 +20,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import ray
 from opentelemetry.trace import SpanKind
 
-from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
+from rayworker.autoscale import Autoscaler
+from rayworker.checkpoint import ROUTER_OWNER, decode_state
+from rayworker.detect import DetectorConfig, MetricDeltas
 from rayworker.errors import ConfigError, SinkError
-from rayworker.events import Rejection
 from rayworker.notify.config import load_notify_config
 from rayworker.pipeline.notifier import start_notifier
+from rayworker.pipeline.pump import Ack, Batch, DeadLetter, Lag, Pump, PumpStats, Replay
 from rayworker.pipeline.router import ROUTER_NAME, Receipt, start_router
 from rayworker.pipeline.runtime import connect_ray
-from rayworker.pipeline.shard import shard_actor
+from rayworker.pipeline.shard import shard_actor, shard_name
 from rayworker.pipeline.sinks import (
     METRICS_ACTOR,
     MetricsActor,
@@ -54,57 +55,12 @@ from rayworker.telemetry.traced import choose_parent, event_ids, sampled_lines
 
 __all__ = ["Batch", "Pipeline", "PumpStats", "detector_config", "load_pack"]
 
+_log = logging.getLogger("rayworker.pipeline")
 _SINK_WORKERS = 2
 """Sink task workers started before the first event (each holds its own store)."""
 _FLUSH_TIMEOUT_S = 10.0
 _NOTIFY_DRAIN_S = 10.0
 """How long a stop waits for notifications still being delivered."""
-
-Ack = Callable[[Sequence[Any]], Awaitable[None]]
-DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
-Replay = Callable[[int, Mapping[str, list[str]]], AsyncIterator["Batch"]]
-"""Replays a recoverable source after a recovery: given the checkpoint's position and the
-errors each entry has failed with so far, yields every unacknowledged entry above the
-position in stream order (entries that failed before come alone, ``isolated``; entries that
-failed ``poison_attempts`` times are dead-lettered instead) and acknowledges those at or
-below it."""
-
-
-@dataclass(slots=True)
-class Batch:
-    """Lines from a source and the token that acknowledges them (None: nothing to ack)."""
-
-    lines: list[bytes]
-    token: Any = None
-    traces: list[tuple[int, Carrier]] = field(default_factory=list)
-    """(line index, producer's trace context) of the lines that came with one."""
-    position: int | None = None
-    """The highest stream position of the batch's entries (:func:`~rayworker.checkpoint.
-    stream_position`); None for sources without positions."""
-    isolated: bool = False
-    """Submit alone and wait for the outcome: the entry failed before, and only alone does
-    another failure say that this entry is the cause."""
-
-
-@dataclass(slots=True)
-class PumpStats:
-    """What :meth:`Pipeline.pump` moved."""
-
-    events: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    late: int = 0
-    acked: int = 0
-    failed: int = 0
-    recoveries: int = 0
-    started: float = field(default_factory=time.perf_counter)
-    elapsed_s: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        """Events per second so far."""
-        elapsed = self.elapsed_s or (time.perf_counter() - self.started)
-        return self.events / elapsed if elapsed > 0 else 0.0
 
 
 def load_pack(settings: Settings) -> tuple[RulePack, Overrides | None]:
@@ -121,19 +77,6 @@ def detector_config(settings: Settings) -> DetectorConfig:
         suppression_s=settings.suppression_s,
         max_future_s=settings.max_future_s,
     )
-
-
-def _blames(error: str, isolated: bool) -> bool:
-    """Whether a failed ticket's error counts against its entries (towards poison).
-
-    A batch that raised did so on its contents. A shard that died, restarted or was
-    recovered says nothing about the entries it happened to hold, unless it held only one.
-    """
-    if "StaleEpoch" in error or "restarted" in error:
-        return False
-    if "RayTaskError" in error:
-        return True
-    return isolated
 
 
 class Pipeline:
@@ -175,6 +118,8 @@ class Pipeline:
         try:
             if fresh_state:
                 await store.clear_checkpoints(self.settings.ray_namespace)
+            elif self.recoverable:
+                await self._resume_layout(store)
         finally:
             await store.close()
         metrics = metrics_store(self.settings)
@@ -199,22 +144,7 @@ class Pipeline:
                 .options(name=METRICS_ACTOR, namespace=ns, num_cpus=0)
                 .remote(self.settings.metrics_series_ttl_s)
             )
-        self.shards = {
-            s: shard_actor(
-                s,
-                self.pack,
-                self.overrides,
-                self.config,
-                num_cpus=self.settings.shard_cpus,
-                namespace=ns,
-                telemetry=self.settings.telemetry,
-                recoverable=self.recoverable,
-                poison=(
-                    self.settings.fault_poison.encode() if self.settings.fault_poison else None
-                ),
-            )
-            for s in range(self.settings.shards)
-        }
+        self.shards = {s: self._start_shard(s) for s in self.assignment.shards}
         await asyncio.gather(*(h.ping.remote() for h in self.shards.values()))
         if self.notify_config is not None:
             self.notifier = start_notifier(self.settings, self.notify_config)
@@ -230,6 +160,92 @@ class Pipeline:
         )
         await self.router.stats.remote()
         await self._warm_sinks()
+
+    async def _resume_layout(self, store: Any) -> None:
+        """Take the shard layout of the last checkpoint: a rescale may have changed it since
+        these settings were written, and the checkpointed state is laid out by it."""
+        found = await store.latest_checkpoint(self.settings.ray_namespace, ROUTER_OWNER)
+        if found is None:
+            return
+        saved = Assignment.from_json(decode_state(found.state)["partitioner"]["assignment"])
+        if saved.groups != self.assignment.groups:
+            msg = (
+                f"the last checkpoint of namespace {self.settings.ray_namespace!r} has "
+                f"{saved.groups} key groups and the settings {self.assignment.groups}; the "
+                "number never changes: set key_groups back, or start over with --fresh-state"
+            )
+            raise ConfigError(msg)
+        if saved.owner != self.assignment.owner:
+            _log.warning(
+                "resuming with the checkpoint's layout of %d shards (settings: %d)",
+                len(saved.shards),
+                len(self.assignment.shards),
+            )
+        self.assignment = saved
+
+    def _start_shard(self, shard: int) -> Any:
+        poison = self.settings.fault_poison
+        return shard_actor(
+            shard,
+            self.pack,
+            self.overrides,
+            self.config,
+            num_cpus=self.settings.shard_cpus,
+            namespace=self.settings.ray_namespace,
+            telemetry=self.settings.telemetry,
+            recoverable=self.recoverable,
+            poison=poison.encode() if poison else None,
+        )
+
+    async def request_scale(self, shards: int) -> int:
+        """Ask for ``shards`` shards; the running :meth:`pump` carries it out between two
+        batches. Returns the request number (see :meth:`Router.scale_result`)."""
+        request: int = await self.router.request_scale.remote(shards)
+        return request
+
+    async def rescale(self, shards: int, request: int | None = None) -> dict[str, Any]:
+        """Change the number of detector shards to ``shards``, moving key groups and their
+        state (:meth:`Router.rescale`); call it between batches (the pump does).
+
+        New shards get the next free ids and start first; removing shards removes the
+        highest ids, which the driver stops once the new layout is checkpointed. If new
+        shards cannot start within ``recovery_timeout_s`` (no room in the cluster), nothing
+        changes and the result says why. Raises if the hand-off itself fails: recover then.
+        """
+        current = sorted(self.shards)
+        keep = current[:shards]
+        added: dict[int, Any] = {}
+        if shards > len(current):
+            first = max(current) + 1
+            added = {s: self._start_shard(s) for s in range(first, first + shards - len(current))}
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(h.ping.remote() for h in added.values())),
+                    self.settings.recovery_timeout_s,
+                )
+            except (TimeoutError, ray.exceptions.RayError) as exc:
+                for handle in added.values():
+                    ray.kill(handle)
+                error = (
+                    f"could not start {len(added)} more shards within "
+                    f"{self.settings.recovery_timeout_s:.0f} s ({type(exc).__name__}): the "
+                    "cluster has no room; add nodes or lower shard_cpus, then ask again"
+                )
+                _log.warning(error)
+                if request is not None:
+                    await self.router.scale_failed.remote(request, error)
+                return {"ok": False, "error": error}
+        try:
+            info: dict[str, Any] = await self.router.rescale.remote(added, keep, request)
+        except ray.exceptions.RayError:
+            for handle in added.values():
+                ray.kill(handle)
+            raise
+        for shard in info["removed"]:
+            ray.kill(self.shards.pop(shard))
+        self.shards.update(added)
+        self.assignment = Assignment.from_json(await self.router.assignment.remote())
+        return info
 
     async def _warm_sinks(self) -> None:
         """Start the sink workers and open their stores now, not under the first alerts.
@@ -258,7 +274,7 @@ class Pipeline:
         )
         raise ConfigError(msg)
 
-    async def pump(  # noqa: PLR0915 - the feed loop and its recovery share their bookkeeping
+    async def pump(
         self,
         batches: AsyncIterator[Batch],
         *,
@@ -268,131 +284,41 @@ class Pipeline:
         on_progress: Callable[[PumpStats], None] | None = None,
         bounded: bool = False,
         replay: Replay | None = None,
+        lag: Lag | None = None,
     ) -> PumpStats:
-        """Feed batches until the source ends or ``stop`` is set; then drain.
+        """Feed batches until the source ends or ``stop`` is set; then drain
+        (:class:`~rayworker.pipeline.pump.Pump`).
 
         ``bounded``: the source is finite (a file), so once it ends every shard settles what
         is pending, as ``rayworker replay`` does at the end of its input. ``replay``: required
         by a recoverable pipeline; the pump recovers (and replays) before the first batch,
         which resumes from the last checkpoint of an earlier run, and after any failure.
+        ``lag``: the source's consumer lag, which drives the autoscaler when the settings
+        enable it.
         """
-        stats = PumpStats()
-        tokens: dict[int, Any] = {}
-        traces: dict[int, Carrier] = {}
-        failures: dict[str, list[str]] = {}
-        isolated: set[int] = set()
-        if self.recoverable and replay is None:
-            msg = "a recoverable pipeline needs a source that can replay (a Redis Stream)"
-            raise ConfigError(msg)
+        policy = self.settings.autoscale
+        pump = Pump(
+            self,
+            ack=ack,
+            dead_letter=dead_letter,
+            stop=stop,
+            on_progress=on_progress,
+            replay=replay,
+            autoscaler=Autoscaler(policy) if policy.enabled else None,
+            lag=lag,
+        )
+        return await pump.run(batches, bounded=bounded)
 
-        async def settle() -> bool:
-            """Acknowledge what finished; False if something failed (recover, then)."""
-            done, failed = await self.router.completed.remote()
-            acked = [t for t in done if tokens.get(t) is not None]
-            acks = [tokens.pop(t) for t in done if t in tokens]
-            acks = [a for a in acks if a is not None]
-            for t, error in failed:
-                token = tokens.pop(t, None)
-                traces.pop(t, None)
-                if self.recoverable and token is not None and _blames(error, t in isolated):
-                    for entry in token:
-                        failures.setdefault(entry, []).append(error)
-                isolated.discard(t)
-            stats.failed += len(failed)
-            carriers = [c for t in done if (c := traces.pop(t, None)) is not None]
-            if acks and ack is not None:
-                if carriers:
-                    await self._traced_ack(ack, acks, acked, carriers)
-                else:
-                    await ack(acks)
-                stats.acked += len(acks)
-            return not failed
-
-        async def submit(batch: Batch) -> None:
-            if not batch.lines:
-                return
-            if self.tracing:
-                receipt, carrier = await self._traced_submit(batch)
-                if carrier is not None:
-                    traces[receipt.ticket] = carrier
-            else:
-                receipt = await self.router.submit.remote(batch.lines, None, None, batch.position)
-            stats.events += len(batch.lines)
-            stats.accepted += receipt.accepted
-            stats.rejected += len(receipt.rejections)
-            stats.late += len(receipt.late)
-            if dead_letter is not None and (receipt.rejections or receipt.late):
-                await dead_letter(receipt.rejections, receipt.late, batch.lines)
-            tokens[receipt.ticket] = batch.token
-            if batch.isolated:
-                isolated.add(receipt.ticket)
-
-        async def feed(batch: Batch) -> bool:
-            """Submit one batch and acknowledge what finished; False: recovery is needed."""
-            try:
-                await submit(batch)
-                if batch.isolated:
-                    await self.router.drain.remote()
-                return await settle()
-            except ray.exceptions.RayActorError:
-                return False  # the router died; Ray restarts it
-
-        async def recover() -> None:
-            """Restore from the last checkpoint and replay until a replay gets through."""
-            assert replay is not None
-            while True:
-                info = await self._recover()
-                tokens.clear()
-                isolated.clear()
-                traces.clear()
-                stats.recoveries += 1
-                replayed = True
-                async for batch in replay(info["position"], failures):
-                    if not await feed(batch):
-                        replayed = False
-                        break
-                if replayed:
-                    return
-
-        if self.recoverable:
-            await recover()
-        async for batch in batches:
-            if self.recoverable:
-                if not await feed(batch):
-                    await recover()
-            else:
-                await submit(batch)
-                await settle()
-            if on_progress is not None:
-                on_progress(stats)
-            if stop is not None and stop.is_set():
-                break
-        if bounded:
-            await self.router.finish.remote()
-        elif self.recoverable:
-            while True:
-                try:
-                    await self.router.drain.remote()
-                    if await settle():
-                        break
-                except ray.exceptions.RayActorError:
-                    pass
-                await recover()
-        else:
-            await self.router.drain.remote()
-        await settle()
-        stats.elapsed_s = time.perf_counter() - stats.started
-        return stats
-
-    async def _recover(self) -> dict[str, int]:
+    async def recover(self) -> dict[str, Any]:
         """The router's :meth:`~rayworker.pipeline.router.Router.recover`, once it answers
         (Ray may be restarting it); raises after ``recovery_timeout_s``."""
         started = time.monotonic()
         deadline = started + self.settings.recovery_timeout_s
         while True:
             try:
-                info: dict[str, int] = await self.router.recover.remote()
-                logging.getLogger(__name__).warning(
+                info: dict[str, Any] = await self.router.recover.remote()
+                self._adopt_layout(info["shards"])
+                _log.warning(
                     "pipeline recovered from checkpoint %d (epoch %d) in %.2f s",
                     info["barrier"],
                     info["epoch"],
@@ -404,7 +330,18 @@ class Pipeline:
                     raise
                 await asyncio.sleep(0.25)
 
-    async def _traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]:
+    def _adopt_layout(self, shards: list[int]) -> None:
+        """After a recovery: the router's shards are the checkpoint's; stop any this driver
+        started for a rescale that did not complete."""
+        for shard in [s for s in self.shards if s not in shards]:
+            ray.kill(self.shards.pop(shard))
+        for shard in shards:
+            if shard not in self.shards:
+                self.shards[shard] = ray.get_actor(
+                    shard_name(shard), namespace=self.settings.ray_namespace
+                )
+
+    async def traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]:
         """Submit inside a ``rayworker.ingest`` span that continues the producers' trace."""
         parent, linked = choose_parent([c for _, c in batch.traces])
         limit = self.settings.telemetry.max_links
@@ -433,7 +370,7 @@ class Pipeline:
             span.set_attribute("rayworker.late", len(receipt.late))
         return receipt, carrier
 
-    async def _traced_ack(
+    async def traced_ack(
         self, ack: Ack, acks: list[Any], tickets: list[int], carriers: list[Carrier]
     ) -> None:
         """Acknowledge inside a ``rayworker.ack`` span of the first finished batch's trace."""
@@ -462,7 +399,7 @@ class Pipeline:
         try:
             await asyncio.wait_for(asyncio.gather(*calls), _FLUSH_TIMEOUT_S)
         except (TimeoutError, ray.exceptions.RayError):
-            logging.getLogger(__name__).warning("some spans could not be flushed before stopping")
+            _log.warning("some spans could not be flushed before stopping")
         flush_tracing()
 
     def stop(self) -> None:

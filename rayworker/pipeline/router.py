@@ -53,12 +53,12 @@ import ray
 from rayworker.alerts import Alert
 from rayworker.checkpoint import ROUTER_OWNER, decode_state, encode_state, shard_owner
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
-from rayworker.errors import SinkError
+from rayworker.errors import ConfigError, SinkError, StateError
 from rayworker.events import Rejection
 from rayworker.health import Status, worst
 from rayworker.partition import Partitioner, ShardBatch
 from rayworker.pipeline.notifier import notifier_handle
-from rayworker.pipeline.shard import ShardOutput
+from rayworker.pipeline.shard import ShardOutput, shard_name
 from rayworker.pipeline.sinks import (
     METRICS_ACTOR,
     latest_checkpoint,
@@ -88,6 +88,9 @@ _METRICS_EVERY_S = 1.0
 _PING_TIMEOUT_S = 2.0
 _RESTORE_RETRY_S = 0.25
 _RESTORE_ATTEMPTS = 5
+_QUIESCE_ATTEMPTS = 5
+_SCALE_ATTEMPTS = 3
+"""A scale request is retried (after the driver's recovery) this often before it fails."""
 _WATCH_EVERY_S = 0.5
 """How often a recoverable router checks that no shard restarted behind its back."""
 
@@ -134,6 +137,24 @@ class _Interval:
     done: list[int] = field(default_factory=list)
     metrics: MetricDeltas = field(default_factory=MetricDeltas)
     latency: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Scaling:
+    """Scale requests (:meth:`Router.request_scale`) and the rescale running, if any."""
+
+    running: bool = False
+    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no rescale holds submissions back."""
+    target: int | None = None
+    request: int = 0
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    done: int = 0
+    attempts: int = 0
+    """Failed attempts at the latest request."""
+
+    def __post_init__(self) -> None:
+        self.resumed.set()
 
 
 @dataclass(slots=True)
@@ -194,10 +215,11 @@ class Router:
         self._watch: asyncio.Task[None] | None = None
         self._recovering = False
         self._watched_at = 0.0
-        self.shards = shards
-        self.flush_events = settings.flush_events
-        self.linger_s = settings.linger_ms / 1000
-        self.max_inflight = settings.max_inflight
+        self.shards = dict(shards)
+        # The set to go back to if a recovery finds no checkpoint; later sets are in the
+        # checkpoints, with their assignment.
+        self._initial_shards = dict(shards)
+        self.scaling = _Scaling()
         self.buffers: dict[int, _Buffer] = {s: _Buffer() for s in shards}
         self.outbox: dict[int, deque[_Outgoing]] = {s: deque() for s in shards}
         self.inflight: dict[int, set[asyncio.Future[ShardOutput]]] = {s: set() for s in shards}
@@ -213,6 +235,7 @@ class Router:
         self._wake: dict[int, asyncio.Event] = {}
         self._space: asyncio.Condition | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._senders: dict[int, asyncio.Task[None]] = {}
         self._metrics_actor: Any = None
         self._notifier: Any = None
         self._last_metrics = time.monotonic()
@@ -224,6 +247,21 @@ class Router:
         self.ray_metrics = PipelineMetrics.get()
         for shard in shards:
             self.ray_metrics.key_groups.set(self.key_groups.get(shard, 0), {"shard": str(shard)})
+
+    @property
+    def flush_events(self) -> int:
+        """Flush a shard's buffer once it holds this many events."""
+        return self.settings.flush_events
+
+    @property
+    def linger_s(self) -> float:
+        """Flush a shard's buffer once its oldest part waited this long."""
+        return self.settings.linger_ms / 1000
+
+    @property
+    def max_inflight(self) -> int:
+        """Unanswered batches per shard."""
+        return self.settings.max_inflight
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -242,14 +280,47 @@ class Router:
             return
         self._space = asyncio.Condition()
         for shard in self.shards:
-            self._wake[shard] = asyncio.Event()
-            self._background.append(asyncio.create_task(self._sender(shard)))
+            self._start_sender(shard)
         self._background.append(asyncio.create_task(self._ticker()))
         if self.settings.metrics_backend == "memory":
             self._metrics_actor = ray.get_actor(
                 METRICS_ACTOR, namespace=self.settings.ray_namespace
             )
         self._notifier = notifier_handle(self.settings.ray_namespace)
+
+    def _start_sender(self, shard: int) -> None:
+        self._wake[shard] = asyncio.Event()
+        self._senders[shard] = asyncio.create_task(self._sender(shard))
+
+    def _set_shards(self, handles: dict[int, Any]) -> None:
+        """Route to exactly ``handles`` from now on: new shards get a buffer, an outbox and a
+        sender; shards no longer in the set lose theirs (their work was drained or is
+        discarded by a recovery)."""
+        for shard in [s for s in self.shards if s not in handles]:
+            del self.shards[shard]
+            self.buffers.pop(shard, None)
+            self.outbox.pop(shard, None)
+            self.inflight.pop(shard, None)
+            self._wake.pop(shard, None)
+            sender = self._senders.pop(shard, None)
+            if sender is not None:
+                sender.cancel()
+        for shard, handle in handles.items():
+            known = shard in self.shards
+            self.shards[shard] = handle
+            if known:
+                continue
+            self.buffers[shard] = _Buffer()
+            self.outbox[shard] = deque()
+            self.inflight[shard] = set()
+            if self._space is not None:
+                self._start_sender(shard)
+
+    def _set_key_groups(self, assignment: Assignment) -> None:
+        previous = set(self.key_groups)
+        self.key_groups = Counter(assignment.owner)
+        for shard in previous | set(self.key_groups):
+            self.ray_metrics.key_groups.set(self.key_groups.get(shard, 0), {"shard": str(shard)})
 
     # --- ingest ------------------------------------------------------------------------------
 
@@ -268,6 +339,8 @@ class Router:
         the highest stream position among the batch's entries (recoverable pipelines).
         """
         self._ensure_started()
+        if self.scaling.running:
+            await self.scaling.resumed.wait()  # a rescale is handing key groups over
         ticket = self._next_ticket
         self._next_ticket += 1
         if position is not None:
@@ -460,7 +533,6 @@ class Router:
 
     async def _sender(self, shard: int) -> None:
         outbox, inflight, wake = self.outbox[shard], self.inflight[shard], self._wake[shard]
-        handle = self.shards[shard]
         while True:
             await wake.wait()
             wake.clear()
@@ -469,6 +541,7 @@ class Router:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue  # a recovery may have emptied the outbox meanwhile
                 item = outbox.popleft()
+                handle = self.shards[shard]
                 if item.batch is None:
                     self._send_barrier(shard, handle, item)
                     continue
@@ -575,18 +648,18 @@ class Router:
             )
             self._wake[shard].set()
         self._barrier_task = asyncio.create_task(
-            self._complete_barrier(barrier, self.epoch, self.position, state)
+            self._complete_barrier(barrier, self.epoch, self.position, state, len(self.shards))
         )
 
     async def _complete_barrier(
-        self, barrier: int, epoch: int, position: int, state: bytes
+        self, barrier: int, epoch: int, position: int, state: bytes, shards: int
     ) -> None:
         """Once every shard's checkpoint is saved and every covered ticket persisted, write the
         router's checkpoint (marking the barrier complete), then release what it covers."""
         while epoch == self.epoch:
             saves = self._barrier_saves.get(barrier, [])
             covered_open = any(i.open for b, i in self.intervals.items() if b <= barrier)
-            if len(saves) == len(self.shards) and all(f.done() for f in saves) and not covered_open:
+            if len(saves) == shards and all(f.done() for f in saves) and not covered_open:
                 break
             if any(f.done() and f.exception() is not None for f in saves):
                 break
@@ -636,7 +709,7 @@ class Router:
         assert self._barrier_task is not None
         await self._barrier_task
 
-    async def recover(self) -> dict[str, int]:
+    async def recover(self) -> dict[str, Any]:
         """Restore every state holder to the latest complete checkpoint, in a new epoch.
 
         Returns ``{"epoch", "barrier", "position"}``: the caller replays, in stream order,
@@ -652,7 +725,7 @@ class Router:
         finally:
             self._recovering = False
 
-    async def _recover(self, epoch: int) -> dict[str, int]:
+    async def _recover(self, epoch: int) -> dict[str, Any]:
         for shard in self.shards:
             self.buffers[shard] = _Buffer()
             self.outbox[shard].clear()
@@ -667,8 +740,13 @@ class Router:
         for attempt in range(1, _RESTORE_ATTEMPTS + 1):
             found = await latest_checkpoint.remote(self.settings, ROUTER_OWNER)
             barrier = position = 0
+            state: dict[str, Any] | None = None
             if found is not None:
                 barrier, position = found.barrier, found.position
+                state = decode_state(found.state)
+            # The checkpoint's assignment names the shards that hold its state (a rescale
+            # may have changed them since this router was created).
+            self._set_shards(self._shards_of(state))
             try:
                 await asyncio.gather(
                     *(self._restore_shard(shard, barrier, epoch, deadline) for shard in self.shards)
@@ -684,10 +762,10 @@ class Router:
                 _log.warning("restore from checkpoint %d failed (%s); retrying", barrier, exc)
         self.partitioner = self._new_partitioner()
         self.counts = Counter()
-        if found is not None:
-            state = decode_state(found.state)
+        if state is not None:
             self.partitioner.restore(state["partitioner"])
             self.counts = Counter({str(k): int(v) for k, v in state["counts"].items()})
+        self._set_key_groups(self.partitioner.assignment)
         self.completed_barrier = barrier
         self.completed_position = position
         self.next_barrier = _barrier_id(max(barrier, self.next_barrier))
@@ -698,7 +776,195 @@ class Router:
             "recovered from checkpoint",
             extra={"epoch": epoch, "barrier": barrier, "position": position},
         )
-        return {"epoch": epoch, "barrier": barrier, "position": position}
+        return {
+            "epoch": epoch,
+            "barrier": barrier,
+            "position": position,
+            "shards": sorted(self.shards),
+        }
+
+    def _shards_of(self, state: dict[str, Any] | None) -> dict[int, Any]:
+        """The shard actors a router checkpoint's assignment names (None: the first set)."""
+        if state is None:
+            return dict(self._initial_shards)
+        assignment = Assignment.from_json(state["partitioner"]["assignment"])
+        handles: dict[int, Any] = {}
+        for shard in assignment.shards:
+            handle = self.shards.get(shard)
+            if handle is None:
+                try:
+                    handle = ray.get_actor(shard_name(shard), namespace=self.settings.ray_namespace)
+                except ValueError:
+                    msg = (
+                        f"the last checkpoint assigns key groups to shard {shard}, but no actor "
+                        f"{shard_name(shard)!r} is running; restart the pipeline (it starts "
+                        "the shards the checkpoint names) or start over with --fresh-state"
+                    )
+                    raise StateError(msg) from None
+            handles[shard] = handle
+        return handles
+
+    # --- scaling -------------------------------------------------------------------------------
+
+    async def assignment(self) -> dict[str, Any]:
+        """The key-group assignment routed by now (:meth:`Assignment.to_json`)."""
+        return self.partitioner.assignment.to_json()
+
+    async def request_scale(self, shards: int) -> int:
+        """Ask the driver for ``shards`` shards; returns a request number for
+        :meth:`scale_result`. The driver polls :meth:`pending_scale`, starts or stops shard
+        actors and calls :meth:`rescale`."""
+        groups = self.partitioner.assignment.groups
+        if not 1 <= shards <= groups:
+            msg = f"shards: got {shards}; give 1 to {groups} (the pipeline's key groups)"
+            raise ConfigError(msg)
+        self.scaling.request += 1
+        self.scaling.target = shards
+        self.scaling.attempts = 0
+        return self.scaling.request
+
+    async def pending_scale(self) -> tuple[int, int] | None:
+        """``(request, shards)`` of the latest scale request not carried out yet."""
+        if self.scaling.target is None:
+            return None
+        return self.scaling.request, self.scaling.target
+
+    async def scale_result(self, request: int, timeout_s: float) -> dict[str, Any] | None:
+        """The outcome of scale request ``request``, waiting up to ``timeout_s`` for it."""
+        deadline = time.monotonic() + timeout_s
+        while request not in self.scaling.results and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return self.scaling.results.get(request)
+
+    async def scale_failed(self, request: int, error: str) -> None:
+        """Record that the driver could not carry out scale request ``request``."""
+        self.scaling.results[request] = {"ok": False, "error": error}
+        if request == self.scaling.request:
+            self.scaling.target = None
+
+    async def rescale(
+        self, added: dict[int, Any], keep: list[int], request: int | None = None
+    ) -> dict[str, Any]:
+        """Move key groups, with their state, so that shards ``keep`` plus the new ``added``
+        own them all; shards not among them give theirs away (the driver stops them after).
+
+        Ingest pauses: every batch submitted so far is processed and checkpointed (a
+        complete checkpoint also makes the hand-off safe: a crash during it recovers to the
+        old assignment and replays). Each giving shard then splits the leaving key groups
+        out of its state and each taking shard merges them in (:mod:`rayworker.handoff`),
+        actor to actor; the router routes by the new assignment, and a checkpoint of the
+        new layout completes before ingest resumes. Raises if anything fails; the driver
+        then recovers, which goes back to the last complete checkpoint.
+        """
+        self._ensure_started()
+        if self.scaling.running or self._recovering:
+            msg = "a rescale or a recovery is already running; ask again when it is done"
+            raise StateError(msg)
+        self.scaling.running = True
+        self.scaling.resumed.clear()
+        started = time.monotonic()
+        try:
+            info = await self._rescale(added, keep, started)
+        except Exception as exc:
+            if request is not None and request == self.scaling.request:
+                self.scaling.attempts += 1
+                if self.scaling.attempts >= _SCALE_ATTEMPTS:
+                    error = f"failed {self.scaling.attempts} times, last: {exc}"
+                    self.scaling.results[request] = {"ok": False, "error": error[:500]}
+                    self.scaling.target = None
+            raise
+        finally:
+            self.scaling.running = False
+            self.scaling.resumed.set()
+        self.scaling.done += 1
+        if request is not None:
+            self.scaling.results[request] = info
+            if request == self.scaling.request:
+                self.scaling.target = None
+        _log.warning("rescaled", extra=info)
+        return info
+
+    async def _quiesce(self) -> None:
+        """Process, persist and checkpoint everything submitted so far (ingest is paused)."""
+        for _ in range(_QUIESCE_ATTEMPTS):
+            await self.drain()
+            if self._barrier_task is not None and not self._barrier_task.done():
+                await self._barrier_task
+            if self.failed:
+                msg = (
+                    f"{len(self.failed)} batches failed before the hand-off "
+                    f"({self.failed[0][1]}); the driver recovers, then the rescale is retried"
+                )
+                raise StateError(msg)
+            if not self.recoverable or not self.tickets_open():
+                return
+            # The barrier that ran was started before the last tickets: checkpoint them too.
+            self._start_barrier()
+            assert self._barrier_task is not None
+            await self._barrier_task
+        msg = "tickets stayed open through several checkpoints before the hand-off"
+        raise StateError(msg)
+
+    async def _rescale(
+        self, added: dict[int, Any], keep: list[int], started: float
+    ) -> dict[str, Any]:
+        epoch = self.epoch
+        await self._quiesce()
+        paused = time.monotonic()
+        old = self.partitioner.assignment
+        new = old.rebalance(sorted(set(keep) | set(added)))
+        moves = old.moves(new)
+        handles = {**self.shards, **added}
+        # Shards of a pipeline without checkpoints hold no epoch (None skips the check).
+        shard_epoch = epoch if self.recoverable else None
+        if self.recoverable:
+            await asyncio.gather(*(h.restore_state.remote(None, epoch) for h in added.values()))
+        by_giver: dict[int, dict[int, list[int]]] = {}
+        for group, (giver, taker) in moves.items():
+            by_giver.setdefault(giver, {}).setdefault(taker, []).append(group)
+        incoming: dict[int, list[Any]] = {}
+        for giver, per_taker in by_giver.items():
+            takers = sorted(per_taker)
+            # One return value per taker, so each state goes from giver to taker directly.
+            refs = (
+                handles[giver]
+                .export_groups.options(num_returns=len(takers))
+                .remote([per_taker[t] for t in takers], old.groups, shard_epoch)
+            )
+            refs = refs if len(takers) > 1 else [refs]
+            for taker, ref in zip(takers, refs, strict=True):
+                incoming.setdefault(taker, []).append(ref)
+        await asyncio.gather(
+            *(handles[taker].adopt.remote(shard_epoch, *refs) for taker, refs in incoming.items())
+        )
+        if epoch != self.epoch:
+            msg = "a recovery ran during the hand-off; the rescale is abandoned"
+            raise StateError(msg)
+        removed = sorted(s for s in self.shards if s not in new.shards)
+        self._set_shards({s: handles[s] for s in new.shards})
+        self.partitioner.reassign(new)
+        self._set_key_groups(new)
+        handed = time.monotonic()
+        if self.recoverable:
+            barrier = self.next_barrier
+            self._start_barrier()
+            assert self._barrier_task is not None
+            await self._barrier_task
+            if self.completed_barrier < barrier:
+                msg = f"the checkpoint of the new layout (barrier {barrier}) did not complete"
+                raise StateError(msg)
+        return {
+            "ok": True,
+            "shards": sorted(new.shards),
+            "added": sorted(added),
+            "removed": removed,
+            "moved_key_groups": len(moves),
+            "assignment_version": new.version,
+            "drain_s": round(paused - started, 3),
+            "handoff_s": round(handed - paused, 3),
+            "checkpoint_s": round(time.monotonic() - handed, 3),
+            "paused_s": round(time.monotonic() - started, 3),
+        }
 
     async def _watch_shards(self, epoch: int) -> None:
         """Report a shard that restarted (or died) while no batch went to it: without this,
@@ -750,7 +1016,8 @@ class Router:
                 due = now - self._last_barrier >= self.settings.checkpoint_interval_s
                 idle = self._barrier_task is None or self._barrier_task.done()
                 # Also after a failed barrier: what it covered waits for the next one.
-                if due and idle and (self._since_barrier or self.intervals):
+                wanted = self._since_barrier or self.intervals
+                if due and idle and wanted and not self.scaling.running:
                     self._start_barrier()
             elif now - self._last_metrics >= _METRICS_EVERY_S:
                 await self._send_metrics()
@@ -813,6 +1080,10 @@ class Router:
             "epoch": self.epoch,
             "recovering": self._recovering,
             "recoveries": self.recoveries,
+            "rescales": self.scaling.done,
+            "scaling": self.scaling.running,
+            "shards": sorted(self.shards),
+            "assignment_version": self.partitioner.assignment.version,
             "completed_barrier": self.completed_barrier,
             "completed_position": self.completed_position,
             "barrier_failures": self.barrier_failures,

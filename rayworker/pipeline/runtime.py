@@ -37,7 +37,10 @@ def connect_ray(
         }
         if target is None:
             # Workers inherit the driver's environment; without this they re-read the default.
+            # "local": always a new cluster of our own; a bare init() would attach to any
+            # cluster this machine happens to run.
             ray.init(
+                address="local",
                 _node_ip_address="127.0.0.1",
                 include_dashboard=False,
                 num_cpus=num_cpus,

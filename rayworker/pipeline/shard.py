@@ -22,6 +22,7 @@ from rayworker.checkpoint import decode_state, encode_state
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
 from rayworker.errors import StateError
+from rayworker.handoff import merge_states, split_state
 from rayworker.partition import ShardBatch
 from rayworker.rules import Overrides, RulePack
 from rayworker.settings import TelemetrySettings
@@ -254,6 +255,46 @@ class DetectorShard:
             )
         self.epoch = epoch
         self.restores += 1
+        return self.detector.active_keys()
+
+    def export_groups(
+        self, moves: list[list[int]], groups: int, epoch: int | None
+    ) -> bytes | list[bytes]:
+        """Hand over key groups: one encoded state per list of ``moves`` (the keys of those key
+        groups, of ``groups`` in all), which this shard then no longer holds. The router has
+        drained this shard first, so the state is that of every batch sent to it.
+
+        Called with ``num_returns=len(moves)``, so Ray gives each state its own ObjectRef and
+        it travels from this shard straight to its taker; one state is returned bare."""
+        if epoch is not None:
+            self._check_epoch(epoch)
+        started = time.perf_counter()
+        kept = self.detector.snapshot()
+        blobs = []
+        for leaving in moves:
+            kept, moved = split_state(kept, leaving, groups=groups)
+            blobs.append(encode_state(moved))
+        self.detector = Detector.restore(self._pack, kept, self._overrides, self._config)
+        _log.info(
+            "key groups handed over",
+            extra={
+                "shard": self.shard,
+                "key_groups": sum(len(m) for m in moves),
+                "bytes": sum(len(b) for b in blobs),
+                "seconds": round(time.perf_counter() - started, 4),
+            },
+        )
+        return blobs if len(blobs) > 1 else blobs[0]
+
+    def adopt(self, epoch: int | None, *blobs: bytes) -> int:
+        """Take over the key groups (and their state) other shards handed over with
+        :meth:`export_groups`; returns the number of keys now held."""
+        if epoch is not None:
+            self._check_epoch(epoch)
+        states = [self.detector.snapshot(), *(decode_state(b) for b in blobs)]
+        self.detector = Detector.restore(
+            self._pack, merge_states(states), self._overrides, self._config
+        )
         return self.detector.active_keys()
 
     def stats(self) -> dict[str, Any]:

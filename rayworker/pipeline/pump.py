@@ -1,0 +1,318 @@
+"""The driver's feed loop: source batches in, acknowledgements and dead letters out.
+
+:class:`Pump` submits each source batch to the router, dead-letters what the router rejects,
+and acknowledges a batch only once the router reports it done. In a recoverable pipeline it
+also recovers: on any failure (a shard or the router died, a batch raised) it has the router
+restore the last complete checkpoint and replays the stream from there, keeping each entry's
+failures so that an entry that keeps failing alone is dead-lettered as poison instead of
+blocking the stream. Between batches it carries out scale requests (``rayworker scale``, or
+the lag-driven :class:`~rayworker.autoscale.Autoscaler` when enabled): the pipeline's
+:meth:`~rayworker.pipeline.app.Pipeline.rescale` hands key groups over while ingest waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import ray
+
+from rayworker.autoscale import Autoscaler
+from rayworker.detect import LateEvent
+from rayworker.errors import ConfigError
+from rayworker.events import Rejection
+from rayworker.ingest.redis_streams import IngestError, StreamConsumer
+from rayworker.pipeline.router import Receipt
+from rayworker.telemetry.propagation import Carrier
+
+__all__ = [
+    "Ack",
+    "Batch",
+    "DeadLetter",
+    "Lag",
+    "Pump",
+    "PumpStats",
+    "Replay",
+    "consumer_lag",
+]
+
+_log = logging.getLogger("rayworker.pump")
+_SCALE_POLL_S = 1.0
+"""How often the pump asks the router for a scale request (``rayworker scale``)."""
+
+Ack = Callable[[Sequence[Any]], Awaitable[None]]
+DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
+Replay = Callable[[int, Mapping[str, list[str]]], AsyncIterator["Batch"]]
+"""Replays a recoverable source after a recovery: given the checkpoint's position and the
+errors each entry has failed with so far, yields every unacknowledged entry above the
+position in stream order (entries that failed before come alone, ``isolated``; entries that
+failed ``poison_attempts`` times are dead-lettered instead) and acknowledges those at or
+below it."""
+Lag = Callable[[], Awaitable[int | None]]
+"""The source's consumer lag in entries (None: unknown), for the autoscaler."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Lines from a source and the token that acknowledges them (None: nothing to ack)."""
+
+    lines: list[bytes]
+    token: Any = None
+    traces: list[tuple[int, Carrier]] = field(default_factory=list)
+    """(line index, producer's trace context) of the lines that came with one."""
+    position: int | None = None
+    """The highest stream position of the batch's entries (:func:`~rayworker.checkpoint.
+    stream_position`); None for sources without positions."""
+    isolated: bool = False
+    """Submit alone and wait for the outcome: the entry failed before, and only alone does
+    another failure say that this entry is the cause."""
+
+
+@dataclass(slots=True)
+class PumpStats:
+    """What :meth:`Pump.run` moved."""
+
+    events: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    late: int = 0
+    acked: int = 0
+    failed: int = 0
+    recoveries: int = 0
+    rescales: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    elapsed_s: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Events per second so far."""
+        elapsed = self.elapsed_s or (time.perf_counter() - self.started)
+        return self.events / elapsed if elapsed > 0 else 0.0
+
+
+class Driver(Protocol):
+    """What the pump needs of :class:`~rayworker.pipeline.app.Pipeline`."""
+
+    router: Any
+    recoverable: bool
+    tracing: bool
+    shards: dict[int, Any]
+
+    async def traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]: ...
+
+    async def traced_ack(
+        self, ack: Ack, acks: list[Any], tickets: list[int], carriers: list[Carrier]
+    ) -> None: ...
+
+    async def recover(self) -> dict[str, Any]: ...
+
+    async def rescale(self, shards: int, request: int | None = None) -> dict[str, Any]: ...
+
+
+def blames(error: str, isolated: bool) -> bool:
+    """Whether a failed ticket's error counts against its entries (towards poison).
+
+    A batch that raised did so on its contents. A shard that died, restarted or was
+    recovered says nothing about the entries it happened to hold, unless it held only one.
+    """
+    if "StaleEpoch" in error or "restarted" in error:
+        return False
+    if "RayTaskError" in error:
+        return True
+    return isolated
+
+
+class Pump:
+    """One run of the feed loop; see the module docstring."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        *,
+        ack: Ack | None = None,
+        dead_letter: DeadLetter | None = None,
+        stop: asyncio.Event | None = None,
+        on_progress: Callable[[PumpStats], None] | None = None,
+        replay: Replay | None = None,
+        autoscaler: Autoscaler | None = None,
+        lag: Lag | None = None,
+    ) -> None:
+        if driver.recoverable and replay is None:
+            msg = "a recoverable pipeline needs a source that can replay (a Redis Stream)"
+            raise ConfigError(msg)
+        self.driver = driver
+        self.ack = ack
+        self.dead_letter = dead_letter
+        self.stop = stop
+        self.on_progress = on_progress
+        self.replay = replay
+        self.autoscaler = autoscaler if lag is not None else None
+        self.lag = lag
+        self.stats = PumpStats()
+        self.tokens: dict[int, Any] = {}
+        self.traces: dict[int, Carrier] = {}
+        self.failures: dict[str, list[str]] = {}
+        self.isolated: set[int] = set()
+        self._scale_checked = time.monotonic()
+        self._lag_checked = time.monotonic()
+
+    async def run(self, batches: AsyncIterator[Batch], *, bounded: bool = False) -> PumpStats:
+        """Feed batches until the source ends or ``stop`` is set; then drain.
+
+        ``bounded``: the source is finite (a file), so once it ends every shard settles what
+        is pending, as ``rayworker replay`` does at the end of its input. A recoverable
+        pipeline recovers (and replays) before the first batch, which resumes from the last
+        checkpoint of an earlier run, and after any failure.
+        """
+        router = self.driver.router
+        if self.driver.recoverable:
+            await self._recover()
+        async for batch in batches:
+            if self.driver.recoverable:
+                if not await self._feed(batch) or not await self._maybe_rescale():
+                    await self._recover()
+            else:
+                await self._submit(batch)
+                await self._settle()
+                await self._maybe_rescale()
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+            if self.stop is not None and self.stop.is_set():
+                break
+        if bounded:
+            await router.finish.remote()
+        elif self.driver.recoverable:
+            while True:
+                try:
+                    await router.drain.remote()
+                    if await self._settle():
+                        break
+                except ray.exceptions.RayActorError:
+                    pass
+                await self._recover()
+        else:
+            await router.drain.remote()
+        await self._settle()
+        self.stats.elapsed_s = time.perf_counter() - self.stats.started
+        return self.stats
+
+    async def _settle(self) -> bool:
+        """Acknowledge what finished; False if something failed (recover, then)."""
+        done, failed = await self.driver.router.completed.remote()
+        acked = [t for t in done if self.tokens.get(t) is not None]
+        acks = [self.tokens.pop(t) for t in done if t in self.tokens]
+        acks = [a for a in acks if a is not None]
+        for t, error in failed:
+            token = self.tokens.pop(t, None)
+            self.traces.pop(t, None)
+            blamed = blames(error, t in self.isolated)
+            if self.driver.recoverable and token is not None and blamed:
+                for entry in token:
+                    self.failures.setdefault(entry, []).append(error)
+            self.isolated.discard(t)
+        self.stats.failed += len(failed)
+        carriers = [c for t in done if (c := self.traces.pop(t, None)) is not None]
+        if acks and self.ack is not None:
+            if carriers:
+                await self.driver.traced_ack(self.ack, acks, acked, carriers)
+            else:
+                await self.ack(acks)
+            self.stats.acked += len(acks)
+        return not failed
+
+    async def _submit(self, batch: Batch) -> None:
+        if not batch.lines:
+            return
+        if self.driver.tracing:
+            receipt, carrier = await self.driver.traced_submit(batch)
+            if carrier is not None:
+                self.traces[receipt.ticket] = carrier
+        else:
+            receipt = await self.driver.router.submit.remote(
+                batch.lines, None, None, batch.position
+            )
+        stats = self.stats
+        stats.events += len(batch.lines)
+        stats.accepted += receipt.accepted
+        stats.rejected += len(receipt.rejections)
+        stats.late += len(receipt.late)
+        if self.dead_letter is not None and (receipt.rejections or receipt.late):
+            await self.dead_letter(receipt.rejections, receipt.late, batch.lines)
+        self.tokens[receipt.ticket] = batch.token
+        if batch.isolated:
+            self.isolated.add(receipt.ticket)
+
+    async def _feed(self, batch: Batch) -> bool:
+        """Submit one batch and acknowledge what finished; False: recovery is needed."""
+        try:
+            await self._submit(batch)
+            if batch.isolated:
+                await self.driver.router.drain.remote()
+            return await self._settle()
+        except ray.exceptions.RayActorError:
+            return False  # the router died; Ray restarts it
+
+    async def _recover(self) -> None:
+        """Restore from the last checkpoint and replay until a replay gets through."""
+        assert self.replay is not None
+        while True:
+            info = await self.driver.recover()
+            self.tokens.clear()
+            self.isolated.clear()
+            self.traces.clear()
+            self.stats.recoveries += 1
+            replayed = True
+            async for batch in self.replay(info["position"], self.failures):
+                if not await self._feed(batch):
+                    replayed = False
+                    break
+            if replayed:
+                return
+
+    async def _maybe_rescale(self) -> bool:
+        """Carry out a pending scale request or an autoscaling decision; False if the
+        hand-off failed (the caller recovers, which goes back to the old layout)."""
+        now = time.monotonic()
+        request: int | None = None
+        target: int | None = None
+        if now - self._scale_checked >= _SCALE_POLL_S:
+            self._scale_checked = now
+            try:
+                pending = await self.driver.router.pending_scale.remote()
+            except ray.exceptions.RayActorError:
+                return False
+            if pending is not None:
+                request, target = pending
+        scaler, lag = self.autoscaler, self.lag
+        due = scaler is not None and now - self._lag_checked >= scaler.policy.check_every_s
+        if target is None and due and scaler is not None and lag is not None:
+            self._lag_checked = now
+            target = scaler.observe(now, await lag(), len(self.driver.shards))
+        if target is None:
+            return True
+        try:
+            info = await self.driver.rescale(target, request)
+        except (ray.exceptions.RayError, ConfigError) as exc:
+            _log.warning("rescale to %d shards failed: %s", target, exc)
+            return False
+        if self.autoscaler is not None:
+            self.autoscaler.changed(time.monotonic())
+        if info.get("moved_key_groups"):
+            self.stats.rescales += 1
+        return await self._settle()
+
+
+def consumer_lag(consumer: StreamConsumer) -> Lag:
+    """The :data:`Lag` of a stream consumer's group (None while Redis cannot tell)."""
+
+    async def read() -> int | None:
+        try:
+            return (await consumer.lag()).total
+        except IngestError:
+            return None
+
+    return read
