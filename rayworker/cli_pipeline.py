@@ -402,7 +402,8 @@ def _scale(args: argparse.Namespace) -> int:
         answer: Any = ray.get(router.request_scale.remote(args.shards))
     except ray.exceptions.RayTaskError as exc:
         # The router's message (its last line) says what is wrong and how to fix it.
-        raise ConfigError(str(exc).strip().splitlines()[-1]) from None
+        last = str(exc).strip().splitlines()[-1]
+        raise ConfigError(last.removeprefix(f"{ConfigError.__module__}.ConfigError: ")) from None
     request = int(answer)
     print(f"asked the pipeline for {args.shards} shards (request {request}); waiting ...")
     result: dict[str, Any] | None = ray.get(router.scale_result.remote(request, args.timeout))

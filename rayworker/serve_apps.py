@@ -248,7 +248,7 @@ class PipelineRunner:
                 _log.info(
                     "pipeline running on %s: %d shards, stream %r, group %r",
                     pipeline.address,
-                    self._settings.shards,
+                    len(pipeline.shards),
                     self._settings.stream_key,
                     self._settings.consumer_group,
                 )

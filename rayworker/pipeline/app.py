@@ -56,6 +56,7 @@ from rayworker.telemetry.traced import choose_parent, event_ids, sampled_lines
 __all__ = ["Batch", "Pipeline", "PumpStats", "detector_config", "load_pack"]
 
 _log = logging.getLogger("rayworker.pipeline")
+_NAME_WAIT_S = 10.0
 _SINK_WORKERS = 2
 """Sink task workers started before the first event (each holds its own store)."""
 _FLUSH_TIMEOUT_S = 10.0
@@ -197,6 +198,18 @@ class Pipeline:
             poison=poison.encode() if poison else None,
         )
 
+    async def _start_new_shard(self, shard: int) -> Any:
+        """Start shard ``shard``; its name may still be held for a moment by the shard of
+        that id an earlier rescale stopped, until Ray has seen it die."""
+        deadline = time.monotonic() + _NAME_WAIT_S
+        while True:
+            try:
+                return self._start_shard(shard)
+            except ValueError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
     async def request_scale(self, shards: int) -> int:
         """Ask for ``shards`` shards; the running :meth:`pump` carries it out between two
         batches. Returns the request number (see :meth:`Router.scale_result`)."""
@@ -217,19 +230,21 @@ class Pipeline:
         added: dict[int, Any] = {}
         if shards > len(current):
             first = max(current) + 1
-            added = {s: self._start_shard(s) for s in range(first, first + shards - len(current))}
             try:
+                for shard in range(first, first + shards - len(current)):
+                    added[shard] = await self._start_new_shard(shard)
                 await asyncio.wait_for(
                     asyncio.gather(*(h.ping.remote() for h in added.values())),
                     self.settings.recovery_timeout_s,
                 )
-            except (TimeoutError, ray.exceptions.RayError) as exc:
+            except (TimeoutError, ValueError, ray.exceptions.RayError) as exc:
                 for handle in added.values():
                     ray.kill(handle)
                 error = (
-                    f"could not start {len(added)} more shards within "
-                    f"{self.settings.recovery_timeout_s:.0f} s ({type(exc).__name__}): the "
-                    "cluster has no room; add nodes or lower shard_cpus, then ask again"
+                    f"could not start {shards - len(current)} more shards within "
+                    f"{self.settings.recovery_timeout_s:.0f} s ({type(exc).__name__}: "
+                    f"{str(exc)[:200]}); if the cluster has no room, add nodes or lower "
+                    "shard_cpus, then ask again"
                 )
                 _log.warning(error)
                 if request is not None:

@@ -977,6 +977,8 @@ class Router:
                 continue  # busy with a long batch: not a restart
             except Exception as exc:  # noqa: BLE001 - dead or restarting
                 seen = f"unreachable ({type(exc).__name__})"
+            if shard not in self.shards or self.scaling.running:
+                continue  # handed its key groups over (and stopped) meanwhile
             if epoch == self.epoch and not self._recovering and seen != epoch:
                 self.errors["shard_restarted"] += 1
                 self.failed.append((-1, f"shard {shard} restarted (state epoch {seen})"))
@@ -1105,7 +1107,7 @@ class Router:
         for shard, ref in zip(names, refs, strict=True):
             try:
                 await asyncio.wait_for(ref, _PING_TIMEOUT_S)
-                queued = len(self.outbox[shard])
+                queued = len(self.outbox.get(shard, ()))
                 status = "WARNING" if queued >= self.max_inflight else "OK"
                 shards[f"shard-{shard}"] = {
                     "status": status,

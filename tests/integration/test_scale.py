@@ -150,3 +150,32 @@ def test_scale_command_rescales_a_running_pipeline(
     assert report.router["shards"] == [0, 1, 2]
     assert report.stored == report.expected
     assert (report.lost, report.duplicates) == (0, 0)
+
+
+def test_scaling_beyond_the_cluster_fails_cleanly_and_changes_nothing(
+    ray_cluster: str, live_redis_url: str, pg_dsn: str
+) -> None:
+    """Asking for more shards than the cluster can place fails after recovery_timeout_s with
+    a message saying what to do; the layout stays and the alerts stay exact."""
+    settings = drill_settings(
+        live_redis_url, pg_dsn, secrets.token_hex(5), shard_cpus=1.0
+    ).model_copy(update={"recovery_timeout_s": 4.0})
+    lines = drill_workload(20_000, seed=9)
+    results: list[dict[str, Any]] = []
+
+    def plan(report: DrillReport) -> FaultPlan:
+        async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
+            await asyncio.sleep(1.0)
+            request = await pipeline.request_scale(12)
+            results.append(await pipeline.router.scale_result.remote(request, 60))
+
+        return strike
+
+    report = asyncio.run(run_drill(settings, lines, plan))
+    (result,) = results
+    assert result["ok"] is False
+    assert "could not start 10 more shards within 4 s" in result["error"]
+    assert "add nodes or lower shard_cpus" in result["error"]
+    assert report.router["shards"] == [0, 1]
+    assert report.stored == report.expected
+    assert (report.lost, report.duplicates) == (0, 0)
