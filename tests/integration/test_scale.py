@@ -28,7 +28,12 @@ from rayworker.chaos import (
     drill_workload,
     run_drill,
 )
-from rayworker.pipeline.app import Pipeline
+from rayworker.checkpoint import ROUTER_OWNER, Checkpoint, encode_state, shard_owner
+from rayworker.detect import Detector
+from rayworker.partition import Partitioner
+from rayworker.pipeline.app import Pipeline, detector_config, load_pack
+from rayworker.routing import Assignment
+from rayworker.sinks.factory import open_alert_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -179,3 +184,50 @@ def test_scaling_beyond_the_cluster_fails_cleanly_and_changes_nothing(
     assert report.router["shards"] == [0, 1]
     assert report.stored == report.expected
     assert (report.lost, report.duplicates) == (0, 0)
+
+
+def test_a_restarted_driver_starts_the_checkpointed_layout(
+    ray_cluster: str, live_redis_url: str, pg_dsn: str
+) -> None:
+    """After a rescale, a new `rayworker run` starts the shards the last checkpoint names
+    (not the `shards` setting) and its router recovers them."""
+    settings = drill_settings(live_redis_url, pg_dsn, secrets.token_hex(5), shard_cpus=0.25)
+    pack, overrides = load_pack(settings)
+    layout = Assignment.balanced(2).rebalance([0, 1, 5])
+    barrier = 1_000
+
+    async def run() -> tuple[list[int], dict[str, Any], dict[str, Any]]:
+        store: Any = await open_alert_store(settings, migrate=True)
+        try:
+            router_state = {
+                "partitioner": Partitioner(pack, layout, detector_config(settings)).snapshot(),
+                "counts": {"events": 7},
+            }
+            for shard in layout.shards:
+                empty = Detector(pack, overrides, detector_config(settings)).snapshot()
+                await store.save_checkpoint(
+                    settings.ray_namespace,
+                    Checkpoint(shard_owner(shard), barrier, 0, encode_state(empty)),
+                )
+            await store.save_checkpoint(
+                settings.ray_namespace,
+                Checkpoint(ROUTER_OWNER, barrier, 0, encode_state(router_state)),
+            )
+        finally:
+            await store.close()
+        pipeline = Pipeline(settings, recoverable=True)
+        await pipeline.start()
+        try:
+            started = sorted(pipeline.shards)
+            info = await pipeline.recover()
+            stats = await pipeline.router.stats.remote()
+        finally:
+            pipeline.stop()
+        return started, info, stats
+
+    started, info, stats = asyncio.run(run())
+    assert settings.shards == 2
+    assert started == [0, 1, 5]
+    assert info["shards"] == [0, 1, 5]
+    assert (info["barrier"], stats["events"]) == (barrier, 7)
+    assert stats["key_groups"] == {"0": 86, "1": 85, "5": 85}
