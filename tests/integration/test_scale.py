@@ -47,6 +47,12 @@ def _scale_plan(
         request = await pipeline.request_scale(shards)
         result = await pipeline.router.scale_result.remote(request, 120)
         results.append(result)
+        # The router answers as soon as the hand-off is done; the driver then stops the
+        # shards that gave everything away.
+        for _ in range(100):
+            if sorted(pipeline.shards) == result.get("shards"):
+                break
+            await asyncio.sleep(0.1)
         layouts.append(sorted(pipeline.shards))
 
     async def kill(
