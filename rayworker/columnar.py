@@ -1,22 +1,25 @@
-"""Columnar window state of count rules, and persistent codes for group values.
+"""Columnar window state of rules, and persistent codes for group values.
 
-A count rule (``threshold`` or ``time_of_day`` with a monotone condition) keeps, for every
-key whose events arrive in time order, the same retained events a
-:class:`rayworker.windows.KeyWindow` would, but all keys of the rule share four numpy arrays
-sorted by ``(key code, time, event id)``: a batch updates thousands of keys with a handful
-of ``searchsorted``/``insert`` calls instead of Python work per key, and a retained event
-costs about 25 bytes plus its id instead of a few list slots and boxed ints.
+Between batches every rule with a monotone condition keeps the same retained events a
+:class:`rayworker.windows.KeyWindow` per key would, but all keys of the rule share a few numpy
+arrays sorted by ``(key code, time, event id)``: a batch updates thousands of keys with a
+handful of ``searchsorted``/``insert`` calls instead of Python work per key, and a retained
+event costs about 34 bytes (key, time, 128-bit id, flags; 4 more for a tag) instead of a
+window's list slots, boxed ints and id text. Count rules are evaluated on the arrays
+directly; distinct and out-of-order keys take their rows out into windows for the batch and
+put them back at its end. A distinct rule's tag is its value's code.
 
 Key codes are ``tenant code << 32 | group code``. :class:`ValueVocab` gives a value the same
 code in every batch for as long as some state refers to it; codes of forgotten values are
-reused, so they stay small however long the detector runs.
+reused, so they stay small however long the detector runs. One vocabulary serves every
+group key and distinct field of a detector, so a principal's text is held once.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -33,6 +36,7 @@ __all__ = [
     "decode_id",
     "digest_ids",
     "encode_ids",
+    "plain_classes",
     "typed_key",
 ]
 
@@ -130,15 +134,48 @@ def typed_key(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
+def plain_classes(vocab: ValueVocab, codes: npt.NDArray[Any]) -> _I64:
+    """Which coded values are equal in plain Python (``1 == 1.0 == True``), as one class
+    number per code: a distinct rule counts values as a dict does, while the vocabulary keeps
+    the types apart so that each value comes back exactly."""
+    if not vocab.numeric:  # only strings and None: equal exactly when their codes are
+        return codes.astype(np.int64)
+    unique, inverse = np.unique(codes, return_inverse=True)
+    classes: dict[Any, int] = {}
+    values = vocab.values
+    per_code = [classes.setdefault(values[c], len(classes)) for c in unique.tolist()]
+    return np.array(per_code, dtype=np.int64)[inverse]
+
+
+class _CodeTable(dict[Any, int]):
+    """A vocabulary's dict: strings and None are their own keys; a lookup that misses (a new
+    value, or any other type, which is stored under its :func:`typed_key`) asks the
+    vocabulary, so that looking up many values is one C-level pass."""
+
+    __slots__ = ("vocab",)
+
+    def __init__(self, vocab: ValueVocab) -> None:
+        super().__init__()
+        self.vocab = vocab
+
+    def __missing__(self, value: Any) -> int:
+        return self.vocab.code(value)
+
+
+_NUMERIC = frozenset({bool, int, float})
+
+
 class ValueVocab:
     """Persistent small-integer codes for values; :meth:`retain` frees the unused ones."""
 
-    __slots__ = ("_codes", "_free", "values")
+    __slots__ = ("_codes", "_free", "numeric", "values")
 
     def __init__(self) -> None:
-        self._codes: dict[Any, int] = {}
+        self._codes = _CodeTable(self)
         self._free: list[int] = []
         self.values: list[Any] = []
+        # Whether a number or bool was ever coded (values that plain equality may mix).
+        self.numeric = False
 
     def __len__(self) -> int:
         return len(self._codes)
@@ -148,6 +185,8 @@ class ValueVocab:
         k = typed_key(value)
         c = self._codes.get(k)
         if c is None:
+            if type(value) in _NUMERIC:
+                self.numeric = True
             if self._free:
                 c = self._free.pop()
                 self.values[c] = value
@@ -159,16 +198,16 @@ class ValueVocab:
 
     def codes(self, values: Sequence[Any]) -> _I64:
         """The codes of many values (assigned on first sight)."""
-        get = self._codes.get
-        out: list[int | None]
-        try:  # strings and None are their own keys; any other value misses and is typed below
-            out = list(map(get, values))
-        except TypeError:  # a list or dict value
-            out = [get(typed_key(v)) for v in values]
-        if None in out:
-            for j, c in enumerate(out):
-                if c is None:
-                    out[j] = self.code(values[j])
+        return self.codes_from(lambda: values)
+
+    def codes_from(self, values: Callable[[], Iterable[Any]]) -> _I64:
+        """The codes of the values a fresh iterator from ``values()`` yields."""
+        try:
+            # A string or None hits its own key; anything else misses into ``code``, which
+            # looks it up (or stores it) under its typed key, never under itself.
+            out = list(map(self._codes.__getitem__, values()))
+        except TypeError:  # a list or dict value: start again, value by value
+            out = [self.code(v) for v in values()]
         return np.array(out, dtype=np.int64)
 
     def code_if_known(self, value: Any) -> int | None:
@@ -200,7 +239,8 @@ class Block(NamedTuple):
 class CountStore:
     """Retained events of many keys of one rule, sorted by (key, time, id).
 
-    ``tagged`` stores adds each event's step bits (sequence rules); count rules have no tags.
+    ``tagged`` stores add a tag per row: step bits (sequence rules) or value codes (distinct
+    rules); count rules have no tags.
     """
 
     __slots__ = ("_next_name", "hits", "id_hi", "id_lo", "keys", "named", "names", "tags", "times")
@@ -216,7 +256,8 @@ class CountStore:
         self.names: dict[int, str] = {}
         self._next_name = 0
         self.hits: npt.NDArray[np.uint8] = np.zeros(0, dtype=np.uint8)
-        self.tags: _I64 | None = np.zeros(0, dtype=np.int64) if tagged else None
+        # Tags are step bits (at most 16 steps) or value codes (below 2**32): 4 bytes each.
+        self.tags: npt.NDArray[np.uint32] | None = np.zeros(0, dtype=np.uint32) if tagged else None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -325,13 +366,21 @@ class CountStore:
         return out
 
     def compact(
-        self, wm: _I64, width: _I64, keep: _I64 | None, finished_tag: int | None = None
+        self,
+        wm: _I64,
+        width: _I64,
+        keep: _I64 | None,
+        finished_tag: int | None = None,
+        *,
+        distinct: _I64 | None = None,
     ) -> None:
         """Evict what no future window can see; keep the latest ``keep`` settled rows per key.
 
         ``wm``, ``width`` and ``keep`` are per row (from the row's tenant); the same rule as
         :meth:`rayworker.windows.KeyWindow.compact` for a monotone rule: settled rows whose
-        tag is exactly ``finished_tag`` go too.
+        tag is exactly ``finished_tag`` go too. ``distinct`` (a distinct rule's value per
+        row, as small integers): of the settled rows only the latest of each value is kept,
+        for the ``keep`` values seen last.
         """
         n = len(self.keys)
         if not n:
@@ -342,7 +391,11 @@ class CountStore:
         drop = ~alive
         if finished_tag is not None and self.tags is not None:
             drop |= settled & (self.tags == finished_tag)
-        if keep is not None and settled.any():
+        if distinct is not None and keep is not None:
+            rows = np.flatnonzero(settled & ~drop)
+            if len(rows):
+                drop[self._distinct_surplus(rows, distinct[rows], keep)] = True
+        elif keep is not None and settled.any():
             settled &= ~drop
             k = self.keys
             first = np.r_[True, k[1:] != k[:-1]]
@@ -356,6 +409,25 @@ class CountStore:
             drop |= settled & (rank < per_key[key_of] - keep)
         if drop.any():
             self._keep(~drop)
+
+    def _distinct_surplus(
+        self, rows: npt.NDArray[np.intp], tags: npt.NDArray[Any], keep: _I64
+    ) -> npt.NDArray[np.intp]:
+        """Of settled ``rows`` (ascending) with values ``tags``, those a distinct rule no
+        longer needs: every occurrence of a value but its latest, and values beyond the
+        ``keep`` latest ones."""
+        keys = self.keys[rows]
+        order = np.lexsort((rows, tags, keys))
+        k, g, r = keys[order], tags[order], rows[order]
+        latest = np.r_[(k[1:] != k[:-1]) | (g[1:] != g[:-1]), True]
+        older = r[~latest]
+        # The latest occurrences, by key and then newest first: the first ``keep`` stay.
+        lk, lr = k[latest], r[latest]
+        by_recency = np.lexsort((-lr, lk))
+        lk, lr = lk[by_recency], lr[by_recency]
+        first = np.flatnonzero(np.r_[True, lk[1:] != lk[:-1]])
+        rank = np.arange(len(lk)) - np.repeat(first, np.diff(np.r_[first, len(lk)]))
+        return np.concatenate([older, lr[rank >= keep[lr]]])
 
     def _keep(self, mask: npt.NDArray[np.bool_]) -> None:
         if self.names:

@@ -50,6 +50,7 @@ from rayworker.columnar import (
     ValueVocab,
     digest_ids,
     encode_ids,
+    plain_classes,
 )
 from rayworker.errors import ConfigError, StateError
 from rayworker.events import (
@@ -69,6 +70,7 @@ from rayworker.rules import (
     compile_filter,
     compile_steps,
 )
+from rayworker.rules.model import filter_fields
 from rayworker.windows import KeyWindow, distinct_at, sequence_at, window_range
 
 if TYPE_CHECKING:
@@ -277,11 +279,15 @@ class _RuleRuntime:
         self.group_names: tuple[str, ...] = tuple(rule.group_names)
         self.distinct_field: str | None = rule.field if isinstance(rule, DistinctRule) else None
         self.windows: dict[tuple[Any, ...], KeyWindow] = {}
-        # Count rules keep in-order keys in one columnar store; ``windows`` then holds only
-        # the keys the per-event path needs, and ``slow_codes`` maps their key codes back.
+        # Every rule keeps its keys in one columnar store between batches; ``windows`` holds
+        # only the keys the per-event path works on during a batch (and keys of non-monotone
+        # conditions), and ``slow_codes`` maps their key codes back. Distinct rules store
+        # each value's code in ``tag_vocab`` (the detector's vocabulary of group values) as
+        # the row's tag.
         self.store: CountStore | None = None
-        if self.kind in ("threshold", "time_of_day", "sequence"):
-            self.store = CountStore(tagged=self.kind == "sequence")
+        if self.kind in ("threshold", "time_of_day", "sequence", "distinct"):
+            self.store = CountStore(tagged=self.kind in ("sequence", "distinct"))
+        self.tag_vocab: ValueVocab | None = None
         self.store_keys = 0
         self.slow_codes: dict[int, tuple[Any, ...]] = {}
         self.combo: ValueVocab | None = ValueVocab() if len(self.group_specs) > 1 else None
@@ -293,6 +299,8 @@ class _RuleRuntime:
         )
         self.open: dict[tuple[Any, ...], dict[int, _Open]] = {}
         self._params: dict[str, _Params] = {}
+        # Tenants with the same effective parameters share one _Params (usually all do).
+        self._shared_params: dict[tuple[Any, ...], _Params] = {}
         self._tables: dict[Any, npt.NDArray[np.bool_]] = {}
         self.events_since_sweep = 0
 
@@ -324,6 +332,19 @@ class _RuleRuntime:
             if outside is None:
                 outside = self._tables[hours] = _outside_table(hours)
             zone = ZoneInfo(eff.timezone)
+        shared_key = (
+            eff.enabled,
+            id(eff.condition),
+            window_us,
+            suppression_s,
+            eff.version,
+            id(outside),
+            zone,
+        )
+        shared = self._shared_params.get(shared_key)
+        if shared is not None:
+            self._params[tenant] = shared
+            return shared
         cached = _Params(
             enabled=eff.enabled,
             holds=holds,
@@ -340,7 +361,7 @@ class _RuleRuntime:
                 else None
             ),
         )
-        self._params[tenant] = cached
+        self._params[tenant] = self._shared_params[shared_key] = cached
         return cached
 
 
@@ -392,11 +413,12 @@ class _LazyIds:
     """A batch's event ids, made only where asked for: ``ids[i]`` as text, or the 128-bit
     form of many (straight from the digest of the raw bytes when the producer sent none)."""
 
-    __slots__ = ("_digested", "batch")
+    __slots__ = ("_all_derived", "_digested", "batch")
 
     def __init__(self, batch: EventBatch) -> None:
         self.batch = batch
         self._digested: IdWords | None = None
+        self._all_derived: bool | None = None  # no event has a producer id (once known)
 
     def __getitem__(self, i: int) -> str:
         given = self.batch.events[i].id
@@ -405,7 +427,9 @@ class _LazyIds:
     def words(self, index: npt.NDArray[np.intp]) -> IdWords:
         """The 128-bit ids of the events at ``index``, in that order."""
         batch = self.batch
-        if self._digested is None and batch.values("id").count(None) == len(batch):
+        if self._all_derived is None:
+            self._all_derived = batch.count_missing("id") == len(batch)
+        if self._digested is None and self._all_derived:
             # No producer ids: every event's id is its digest, computed once for all rules.
             digests = b"".join([xxh3_128_digest(r.strip()) for r in batch.raw])
             self._digested = digest_ids(digests)
@@ -468,13 +492,13 @@ class _BatchKeys:
         self, spec: tuple[str, ...], index: npt.NDArray[np.intp]
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Persistent codes of one group key's values at ``index``, and where they are None."""
-        vocab = self.detector._spec_vocab(spec)
+        vocab = self.detector._groups
         if len(spec) == 1 and len(index) * 4 >= len(self.batch):
             cached = self._specs.get(spec)
             if cached is None:
                 # One dict pass straight to persistent codes (no batch factorisation first).
-                column = self.batch.values(spec[0])
-                codes = vocab.codes(column)
+                batch, path = self.batch, spec[0]
+                codes = vocab.codes_from(lambda: batch.iter_values(path))
                 none_code = vocab.code_if_known(None)
                 none = codes == none_code if none_code is not None else np.zeros(0, np.bool_)
                 cached = self._specs[spec] = (codes, none)
@@ -534,9 +558,14 @@ class Detector:
         self._lateness_us = round(self.config.allowed_lateness_s * _US)
         self._max_seen: dict[str, int] = {}
         self._rules = [_RuleRuntime(rule, self.overrides, self.config) for rule in pack.rules]
-        # Persistent codes of tenants and group values, for the columnar state of count rules.
+        # Persistent codes of tenants and group values, for the columnar state of rules.
         self._tenants = ValueVocab()
-        self._group_vocabs: dict[tuple[str, ...], ValueVocab] = {}
+        # One vocabulary for the values of every group key (and distinct field): a principal
+        # grouped by several rules, or by a coalesced key, has one code and one text.
+        self._groups = ValueVocab()
+        for runtime in self._rules:
+            if runtime.kind == "distinct":
+                runtime.tag_vocab = self._groups
         self._live_codes = 0
         signatures = group_signatures(pack)
         if len(signatures) > MAX_SIGNATURES:
@@ -549,8 +578,15 @@ class Detector:
             rule.id: signatures.index(rule_signature(rule)) for rule in pack.rules
         }
         fields: set[str] = set()
+        filtered: dict[str, None] = {"organizationId": None}
         for rule in pack.rules:
             fields |= set(rule.fields())
+            filtered.update(dict.fromkeys(sorted(filter_fields(rule.filter))))
+            if isinstance(rule, SequenceRule):
+                for step in rule.steps:
+                    filtered.update(dict.fromkeys(sorted(filter_fields(step.filter))))
+        # The columns every batch factorises together: the tenant and what filters read.
+        self._filter_paths: tuple[str, ...] = tuple(filtered)
         self.decoder = EventDecoder(fields, naive_timestamps=self.config.naive_timestamps)
 
     # --- public API -----------------------------------------------------------------------
@@ -568,6 +604,7 @@ class Detector:
         start_index: int = 0,
     ) -> DetectionResult:
         """Detect over a decoded batch, in its arrival order."""
+        batch.factorise(self._filter_paths)
         result, usable, wm_after = screen_batch(
             batch,
             rejections,
@@ -607,6 +644,7 @@ class Detector:
             )
             raise StateError(msg)
         batch = decoded.batch
+        batch.factorise(self._filter_paths)
         max_seen = self._max_seen
         for tenant, seen in watermarks.items():
             if seen > max_seen.get(tenant, _NEVER):
@@ -636,7 +674,6 @@ class Detector:
         primary: npt.NDArray[np.bool_],
     ) -> None:
         metrics = result.metrics
-        tenants = batch.tenants
         ids = _LazyIds(batch)
         changed: dict[str, Alert] = {}
         duplicate_rows: set[int] = set()
@@ -651,7 +688,7 @@ class Detector:
         self._maybe_forget_codes()
         for i in duplicate_rows:
             if primary[i]:
-                metrics.duplicates[tenants[i]] += 1
+                metrics.duplicates[batch.value_at("organizationId", i)] += 1
         result.alerts.extend(changed.values())
 
     def flush(self) -> DetectionResult:
@@ -712,7 +749,7 @@ class Detector:
         seen_candidates = len(index)
         counting = runtime.kind in ("threshold", "time_of_day")
         key_codes: list[int] | None = None
-        if runtime.store is not None and len(index) >= _VECTOR_MIN:
+        if runtime.store is not None and runtime.kind != "distinct" and len(index) >= _VECTOR_MIN:
             index, codes = self._vector_counting(
                 runtime, batch, index, wm_after, ids, changed, metrics, ctx, step_bits
             )
@@ -726,7 +763,8 @@ class Detector:
             self._count_candidates(runtime, seen_candidates, changed, metrics)
             return
         step_tags = step_bits.tolist() if step_bits is not None else None
-        tenants = batch.tenants
+        tenant_codes, tenant_vocab = batch.codes("organizationId")
+        tenants = [tenant_vocab[c] for c in tenant_codes[index].tolist()]
         idx_list = index.tolist()
         # Columns of the candidates only (position j), not of the whole batch.
         columns = [ctx.spec_values(spec, idx_list) for spec in runtime.group_specs]
@@ -743,7 +781,7 @@ class Detector:
         wm_list = wm_after[index].tolist()
         updates: Counter[str] = Counter()
         for j, i in enumerate(idx_list):
-            tenant = tenants[i]
+            tenant = tenants[j]
             params = runtime.params(tenant)
             if not params.enabled:
                 continue
@@ -811,7 +849,22 @@ class Detector:
                 metrics.state_capped[tenant] += 1
         for tenant, n_updates in updates.items():
             metrics.alert_updates[(tenant, runtime.rule.id)] += n_updates
+        self._store_windows(runtime)
         self._count_candidates(runtime, seen_candidates, changed, metrics)
+
+    def _store_windows(self, runtime: _RuleRuntime) -> None:
+        """End of a rule's batch: keys of monotone conditions go back to the columnar store,
+        so that no per-key window outlives the batch that needed it."""
+        if runtime.store is None or not runtime.windows:
+            return
+        codes = [
+            code
+            for code, key in runtime.slow_codes.items()
+            if key in runtime.windows and runtime.params(key[0]).lower is not None
+        ]
+        if codes:
+            self._migrate_in(runtime, np.array(codes, dtype=np.int64))
+            runtime.store_keys = runtime.store.n_keys()
 
     def _count_candidates(
         self, runtime: _RuleRuntime, n: int, changed: dict[str, Alert], metrics: MetricDeltas
@@ -851,8 +904,15 @@ class Detector:
         kc, missing = self._key_codes(runtime, batch, index, ctx)
         table = ctx.params(runtime)
         btc = ctx.batch_tenant_codes()[index]
-        ukeys, first, kcode = np.unique(kc, return_index=True, return_inverse=True)
-        kcode = kcode.astype(np.int64)
+        # One stable sort gives the keys, each key's first candidate, and the candidates by
+        # (key, arrival), which step 2 needs.
+        by_arrival = np.argsort(kc, kind="stable")
+        sorted_kc = kc[by_arrival]
+        new_key = np.r_[True, sorted_kc[1:] != sorted_kc[:-1]]
+        ukeys = sorted_kc[new_key]
+        first = by_arrival[new_key]
+        kcode = np.empty(m, dtype=np.int64)
+        kcode[by_arrival] = np.cumsum(new_key) - 1
         tk = btc[first]
         drop_k = ~table.enabled[tk]
         if runtime.rule.skip_missing:
@@ -867,7 +927,6 @@ class Detector:
             last_k[held_k] = store.times[end[held_k] - 1]
         times_c = batch.ts[index]
         # 2. Eligibility is judged in arrival order: a key's times must never decrease.
-        by_arrival = np.lexsort((np.arange(m), kcode))
         ks_a = kcode[by_arrival]
         ts_a = times_c[by_arrival]
         same_key = ks_a[1:] == ks_a[:-1]
@@ -1056,7 +1115,7 @@ class Detector:
             ok &= prefix[pos] - prefix[p] >= need
         return np.asarray(ok, dtype=np.bool_)
 
-    # --- columnar state of count rules ----------------------------------------------------
+    # --- columnar state of rules ----------------------------------------------------------
 
     def _key_codes(
         self,
@@ -1089,7 +1148,7 @@ class Detector:
         code = self._tenants.code(plain[0]) << GROUP_BITS
         specs = runtime.group_specs
         if len(specs) == 1:
-            code |= self._spec_vocab(specs[0]).code(plain[1])
+            code |= self._groups.code(plain[1])
         elif specs and runtime.combo is not None:
             code |= runtime.combo.code(tuple(plain[1:]))
         return code
@@ -1102,16 +1161,10 @@ class Detector:
         if not specs:
             return (tenant,)
         if len(specs) == 1:
-            return _key([tenant, self._spec_vocab(specs[0]).values[group]])
+            return _key([tenant, self._groups.values[group]])
         combo = runtime.combo
         values = combo.values[group] if combo is not None else ()
         return _key([tenant, *values])
-
-    def _spec_vocab(self, spec: tuple[str, ...]) -> ValueVocab:
-        vocab = self._group_vocabs.get(spec)
-        if vocab is None:
-            vocab = self._group_vocabs[spec] = ValueVocab()
-        return vocab
 
     def _migrate_out(self, runtime: _RuleRuntime, codes: npt.NDArray[np.int64]) -> None:
         """Move keys from the columnar store to per-key windows (for the per-event path)."""
@@ -1122,7 +1175,7 @@ class Detector:
             window = KeyWindow()
             window.times = block.times
             window.ids = block.ids
-            window.tags = block.tags
+            window.tags = self._tag_values(runtime, block.tags)
             window.hits = block.hits
             runtime.windows[key] = window
             runtime.slow_codes[block.code] = key
@@ -1150,13 +1203,27 @@ class Detector:
                 tags.extend(window.tags)
                 hits.extend(window.hits)
         if keys:
+            tag_codes: npt.NDArray[np.int64] | None = None
+            if runtime.tag_vocab is not None:
+                tag_codes = runtime.tag_vocab.codes(tags)
+            elif store.tags is not None:
+                tag_codes = np.array(tags, dtype=np.int64)
             store.insert(
                 np.array(keys, dtype=np.int64),
                 np.array(times, dtype=np.int64),
                 encode_ids(event_ids),
                 np.frombuffer(bytes(hits), dtype=np.uint8),
-                np.array(tags, dtype=np.int64) if store.tags is not None else None,
+                tag_codes,
             )
+
+    @staticmethod
+    def _tag_values(runtime: _RuleRuntime, tags: list[Any]) -> list[Any]:
+        """A block's tags as a window holds them (a distinct rule's values, not codes)."""
+        vocab = runtime.tag_vocab
+        if vocab is None:
+            return tags
+        values = vocab.values
+        return [values[c] for c in tags]
 
     def _compact_store(self, runtime: _RuleRuntime, tenant_codes: Iterable[int]) -> None:
         """Evict store rows of these tenants' keys that their watermarks have passed."""
@@ -1184,6 +1251,11 @@ class Detector:
             width[tenant_of],
             keep[tenant_of] if runtime.kind != "sequence" else None,
             runtime.finished_tag,
+            distinct=(
+                plain_classes(runtime.tag_vocab, store.tags)
+                if runtime.tag_vocab is not None and store.tags is not None
+                else None
+            ),
         )
         runtime.store_keys = store.n_keys()
 
@@ -1442,12 +1514,11 @@ class Detector:
 
     def _maybe_forget_codes(self) -> None:
         """Free the codes of tenants and group values no state refers to any more."""
-        total = len(self._tenants) + sum(len(v) for v in self._group_vocabs.values())
-        total += sum(len(r.combo) for r in self._rules if r.combo is not None)
+        total = self._vocab_sizes()
         if _VOCAB_GC_MIN and total < max(_VOCAB_GC_MIN, 2 * self._live_codes):
             return
         live_tenants: set[int] = set()
-        live_groups: dict[tuple[str, ...], set[int]] = {}
+        live_groups: set[int] = set()
         for runtime in self._rules:
             if runtime.store is None:
                 continue
@@ -1460,26 +1531,37 @@ class Detector:
             live_tenants.update((codes >> GROUP_BITS).tolist())
             groups = (codes & GROUP_MASK).tolist()
             if len(runtime.group_specs) == 1:
-                live_groups.setdefault(runtime.group_specs[0], set()).update(groups)
+                live_groups.update(groups)
             elif runtime.combo is not None:
                 runtime.combo.retain(groups)
+            if runtime.tag_vocab is not None and runtime.store.tags is not None:
+                live_groups.update(np.unique(runtime.store.tags).tolist())
         self._tenants.retain(live_tenants)
-        for spec, vocab in self._group_vocabs.items():
-            vocab.retain(live_groups.get(spec, set()))
-        total = len(self._tenants) + sum(len(v) for v in self._group_vocabs.values())
-        self._live_codes = total + sum(len(r.combo) for r in self._rules if r.combo is not None)
+        self._groups.retain(live_groups)
+        self._live_codes = self._vocab_sizes()
+
+    def _vocab_sizes(self) -> int:
+        """Codes held by every vocabulary (tenants, group values, combinations, tags)."""
+        total = len(self._tenants) + len(self._groups)
+        for runtime in self._rules:
+            total += len(runtime.combo) if runtime.combo is not None else 0
+        return total
 
     def _store_snapshot(self, runtime: _RuleRuntime) -> list[list[Any]]:
-        """A count rule's columnar keys in the per-key window format of a snapshot."""
+        """A rule's columnar keys in the per-key window format of a snapshot (a distinct
+        rule's tags as the values themselves)."""
         if runtime.store is None:
             return []
         return [
-            [_plain(self._key_tuple(runtime, b.code)), [b.times, b.ids, b.tags, list(b.hits), 0]]
+            [
+                _plain(self._key_tuple(runtime, b.code)),
+                [b.times, b.ids, self._tag_values(runtime, b.tags), list(b.hits), 0],
+            ]
             for b in runtime.store.blocks()
         ]
 
     def _adopt_windows(self, runtime: _RuleRuntime) -> None:
-        """After a restore: move count-rule keys with monotone conditions into the store."""
+        """After a restore: move keys with monotone conditions into the store."""
         if runtime.store is None:
             return
         codes = []
@@ -1593,8 +1675,11 @@ def screen_batch(
     result = DetectionResult(rejections=list(rejections))
     metrics = result.metrics
     n = len(batch)
-    tenants = batch.tenants
     accepted = np.ones(n, dtype=np.bool_)
+
+    def tenant_of(i: int) -> str:
+        return str(batch.value_at("organizationId", i))
+
     if n and config.max_future_s is not None:
         horizon = now_us + round(config.max_future_s * _US)
         for i in np.flatnonzero(batch.ts > horizon).tolist():
@@ -1610,7 +1695,7 @@ def screen_batch(
                     msg,
                     batch.raw[i],
                     start_index + i,
-                    tenants[i],
+                    tenant_of(i),
                 )
             )
     checked = integrity.check(batch, accepted, start_index) if integrity is not None else None
@@ -1621,7 +1706,7 @@ def screen_batch(
     if batch.naive:
         for i, event in enumerate(batch.events):
             if event.timestamp.tzinfo is None:
-                metrics.naive_timestamps[tenants[i]] += 1
+                metrics.naive_timestamps[tenant_of(i)] += 1
     if n == 0:
         return result, accepted, np.zeros(0, dtype=np.int64)
     lateness_us = round(config.allowed_lateness_s * _US)
@@ -1630,9 +1715,9 @@ def screen_batch(
         ids = batch.ids()
         for i in np.flatnonzero(late).tolist():
             result.late.append(
-                LateEvent(ids[i], tenants[i], int(batch.ts[i]), int(wm_after[i]), start_index + i)
+                LateEvent(ids[i], tenant_of(i), int(batch.ts[i]), int(wm_after[i]), start_index + i)
             )
-            metrics.late[tenants[i]] += 1
+            metrics.late[tenant_of(i)] += 1
     usable = accepted & ~late
     codes, vocab = batch.codes("organizationId")
     per_tenant = np.bincount(codes[usable], minlength=len(vocab)).tolist()

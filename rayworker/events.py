@@ -260,6 +260,10 @@ _SESSION_FIELDS: dict[str, str] = {
     "geolocation": "geolocation",
 }
 
+# Fields decoded with one fixed type (str, or int for recordCount): values of one of them never
+# mix 1, 1.0 and True, so tuples of them can be factorised together by plain equality.
+_COMBINABLE = frozenset(_TOP_FIELDS) - {"timestamp"}
+
 _MSG_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"missing required field `(?P<name>[^`]+)`")
 
@@ -505,6 +509,27 @@ class EventBatch:
             self._values[path] = cached
         return cached
 
+    def iter_values(self, path: str) -> Iterable[Any]:
+        """Each event's value at a dotted path, as an iterator (no list unless cached)."""
+        cached = self._values.get(path)
+        if cached is not None:
+            return iter(cached)
+        return map(_getter(path), self.events)
+
+    def value_at(self, path: str, i: int) -> Any:
+        """Event i's value at a dotted path (None when missing), from a cached column if any."""
+        cached = self._values.get(path)
+        if cached is not None:
+            return cached[i]
+        coded = self._codes.get(path)
+        if coded is not None:
+            return coded[1][int(coded[0][i])]
+        return _getter(path)(self.events[i])
+
+    def count_missing(self, path: str) -> int:
+        """How many events have no value at a dotted path."""
+        return operator.countOf(self.iter_values(path), None)
+
     def values_at(self, path: str, index: Sequence[int]) -> list[Any]:
         """The values at a dotted path of the events at ``index`` (None when missing)."""
         cached = self._values.get(path)
@@ -521,6 +546,25 @@ class EventBatch:
             cached = _factorise(self.values(path))
             self._codes[path] = cached
         return cached
+
+    def factorise(self, paths: Iterable[str]) -> None:
+        """Factorise several columns together, in one pass over the events.
+
+        Afterwards :meth:`codes` of each path returns exactly what it would have computed
+        alone. Only the schema's own top-level fields (typed strings or integers, so
+        ``1``/``1.0``/``True`` never mix) go together; other paths are left to :meth:`codes`.
+        """
+        names = [p for p in dict.fromkeys(paths) if p in _COMBINABLE and p not in self._codes]
+        if len(names) < 2 or not self.events:
+            return
+        rows = map(operator.attrgetter(*(_TOP_FIELDS[p] for p in names)), self.events)
+        # Chained maps: each tuple lives only while it is looked up (no list of them).
+        combo_codes, combos = _factorise_plain(rows)
+        codes = np.array(combo_codes, dtype=np.int32)
+        for k, path in enumerate(names):
+            # The combos are in first-seen order, so their k-th values are too.
+            sub, vocab = _factorise_plain([combo[k] for combo in combos])
+            self._codes[path] = (np.array(sub, dtype=np.int32)[codes], vocab)
 
     def numbers(self, path: str) -> npt.NDArray[np.float64]:
         """The column as floats; NaN where missing or not a number (bools are not numbers)."""
@@ -571,12 +615,24 @@ class EventBatch:
         return sub
 
 
+class _FirstSeen(dict[Any, int]):
+    """Codes in first-seen order: a missing value gets the next code (one C-level pass)."""
+
+    def __missing__(self, key: Any) -> int:
+        code = self[key] = len(self)
+        return code
+
+
+def _factorise_plain(values: Iterable[Any]) -> tuple[list[int], list[Any]]:
+    """Codes and vocabulary (first-seen order) of hashable values, by plain equality."""
+    table = _FirstSeen()
+    codes = list(map(table.__getitem__, values))
+    return codes, list(table)
+
+
 def _factorise(values: list[Any]) -> tuple[npt.NDArray[np.int32], list[Any]]:
     try:
-        # dict.fromkeys and map(dict.get) run the per-value work in C; first-seen order.
-        vocab = list(dict.fromkeys(values))
-        table = dict(zip(vocab, range(len(vocab)), strict=True))
-        codes = list(map(table.get, values))
+        codes, vocab = _factorise_plain(values)
         # 1 == 1.0 == True share a dict slot; keep them apart when the column mixes them.
         if any(isinstance(v, bool | int | float) for v in vocab):
             kinds = set(map(type, values)) & {bool, int, float}

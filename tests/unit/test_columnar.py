@@ -1,4 +1,4 @@
-"""The columnar state of count rules and the vectorised watermarks equal their per-key twins."""
+"""The columnar state of rules and the vectorised watermarks equal their per-key twins."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from xxhash import xxh3_128_digest
 
 from rayworker import detect as detect_module
-from rayworker.columnar import CountStore, ValueVocab, digest_ids, encode_ids
-from rayworker.events import EventBatch, derive_event_id
+from rayworker.columnar import CountStore, ValueVocab, digest_ids, encode_ids, plain_classes
+from rayworker.events import EventBatch, EventDecoder, derive_event_id
 from rayworker.windows import KeyWindow
 from tests.unit.test_detect_properties import SMALL_RULES, comparable, run, streams
 
@@ -221,3 +221,122 @@ def test_sequence_keys_at_the_state_cap_behave_as_on_the_per_event_path() -> Non
         outcomes.append((capped, alerts))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] > 0
+
+
+@FAST
+@given(
+    st.dictionaries(
+        st.integers(0, 5),
+        st.lists(
+            st.tuples(st.integers(0, 100), st.sampled_from(["a", "b", "c", 1, 1.0, True, 2])),
+            min_size=1,
+            max_size=15,
+            unique_by=lambda row: row[0],
+        ),
+        min_size=1,
+    ),
+    st.integers(0, 120),
+    st.integers(1, 40),
+    st.integers(1, 4),
+)
+def test_distinct_store_compaction_equals_key_windows(
+    keys: dict[int, list[tuple[int, Any]]], wm: int, width: int, keep: int
+) -> None:
+    """A distinct rule's store keeps exactly what each key's window keeps (1, 1.0, True: one)."""
+    vocab = ValueVocab()
+    store = CountStore(tagged=True)
+    expected: dict[int, list[tuple[int, Any]]] = {}
+    codes: list[int] = []
+    times: list[int] = []
+    ids: list[str] = []
+    tags: list[Any] = []
+    for code in sorted(keys):
+        rows = sorted(keys[code], key=lambda row: row[0])
+        window = KeyWindow()
+        for t, value in rows:
+            window.insert(t, f"e{code}-{t}", value)
+        window.compact(wm, width, keep, distinct=True)
+        if window.times:
+            expected[code] = list(zip(window.times, window.ids, strict=True))
+        codes += [code] * len(rows)
+        times += [t for t, _ in rows]
+        ids += [f"e{code}-{t}" for t, _ in rows]
+        tags += [value for _, value in rows]
+    tag_codes = vocab.codes(tags)
+    store.insert(
+        np.array(codes, dtype=np.int64),
+        np.array(times, dtype=np.int64),
+        encode_ids(ids),
+        np.zeros(len(codes), dtype=np.uint8),
+        tag_codes,
+    )
+    n = len(store)
+    assert store.tags is not None
+    classes = plain_classes(vocab, store.tags)
+    store.compact(np.full(n, wm), np.full(n, width), np.full(n, keep), distinct=classes)
+    got = {b.code: list(zip(b.times, b.ids, strict=True)) for b in store.blocks()}
+    assert got == expected
+
+
+def test_plain_classes_join_equal_values_of_different_types() -> None:
+    """1, 1.0 and True are one class (as dict keys are); "1" and None are others."""
+    vocab = ValueVocab()
+    codes = vocab.codes(["a", "b", "a"])
+    assert not vocab.numeric
+    assert plain_classes(vocab, codes.astype(np.uint32)).tolist() == codes.tolist()
+    mixed = vocab.codes([1, 1.0, True, "1", None, 2])
+    assert vocab.numeric
+    classes = plain_classes(vocab, mixed).tolist()
+    assert classes[0] == classes[1] == classes[2]
+    assert len(set(classes[2:])) == 4
+
+
+def test_vocab_codes_from_an_iterator_fall_back_for_unhashable_values() -> None:
+    """Codes from a fresh iterator equal codes of a list, lists and dicts included."""
+    values: list[Any] = ["x", [1, 2], {"a": 1}, None, [1, 2], "x", 3]
+    vocab = ValueVocab()
+    from_iter = vocab.codes_from(lambda: iter(values)).tolist()
+    assert from_iter == vocab.codes(values).tolist()
+    assert from_iter[1] == from_iter[4]
+    assert len(set(from_iter)) == 5
+    assert vocab.values[from_iter[2]] == {"a": 1}
+
+
+@FAST
+@given(streams())
+def test_factorising_columns_together_equals_one_by_one(lines: list[bytes]) -> None:
+    """Codes and vocabularies of columns factorised together equal those of codes() alone."""
+    decoder = EventDecoder(["recordCount", "outcomeDescription"])
+    paths = ["organizationId", "action", "status", "principalId", "recordCount", "id"]
+    together = decoder.decode(lines).batch
+    together.factorise([*paths, "sessionContext.ipAddress"])
+    alone = decoder.decode(lines).batch
+    for path in [*paths, "sessionContext.ipAddress"]:
+        codes_t, vocab_t = together.codes(path)
+        codes_a, vocab_a = alone.codes(path)
+        assert codes_t.tolist() == codes_a.tolist()
+        assert vocab_t == vocab_a
+        assert [type(v) for v in vocab_t] == [type(v) for v in vocab_a]
+
+
+def test_distinct_rule_keeps_its_keys_columnar_between_batches() -> None:
+    """After a batch a distinct rule holds no per-key window; its snapshot has the values."""
+    lines = [
+        b'{"timestamp":"2026-01-05T21:58:0' + str(s).encode() + b'Z","action":"auth.login",'
+        b'"status":"failure","organizationId":"org-a","principalId":"u' + str(s).encode() + b'",'
+        b'"sessionContext":{"ipAddress":"10.0.0.9"}}'
+        for s in range(5)
+    ]
+    det = detect_module.Detector(SMALL_RULES)
+    alerts = det.process_lines(lines).alerts
+    assert [a.rule_id for a in alerts if a.rule_id == "spray"] == ["spray"]
+    spray = next(r for r in det._rules if r.rule.id == "spray")
+    assert not spray.windows
+    assert spray.store is not None
+    assert spray.store.n_keys() == 1
+    rules: dict[str, Any] = det.snapshot()["rules"]
+    (key, window) = rules["spray"]["keys"][0]
+    assert key == ["org-a", "10.0.0.9"]
+    assert window[2] == [f"u{s}" for s in range(5)]
+    restored = detect_module.Detector.restore(SMALL_RULES, det.snapshot())
+    assert restored.snapshot()["rules"]["spray"] == rules["spray"]
