@@ -50,7 +50,10 @@ how it fares):
   ``rayworker.ingest``. The caller still holds them and may finish and ack them (acks of ids
   the group no longer knows return 0, they do not raise); what a crash would have re-delivered
   is what is lost, with whatever was written and not yet read before the restart, which no
-  consumer can count.
+  consumer can count. Entries whose ack was already waiting for Redis when it restarted
+  (done, but no longer pending when the ack lands) are counted in ``acks_missed`` and logged
+  at WARNING too: together with ``lost_pending`` they are the entries that were read and not
+  acked when the group vanished.
 
 Other failures (a wrong key type, missing permissions, an unreachable Redis in
 :meth:`~StreamConsumer.ensure_group` at start-up) raise :class:`IngestError` naming the command
@@ -167,6 +170,10 @@ class ConsumerHealth:
     pending, so a crash before they are done would not re-deliver them."""
     in_flight: int
     """Entries read and not acked now."""
+    acks_missed: int = 0
+    """Entries this consumer had read and then acked, that the group no longer had pending
+    (it vanished while they were processed, and the ack reached the recreated group): their
+    work was done, but a crash before it would not have re-delivered them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +364,7 @@ class StreamConsumer:
         self._resets = 0
         self._reset_at: float | None = None
         self._lost_pending = 0
+        self._acks_missed = 0
         # A NOGROUP before the group was ever there is a first start, not a loss.
         self._group_seen = False
         self._group_missing = False
@@ -468,6 +476,7 @@ class StreamConsumer:
             reset_at=self._reset_at,
             lost_pending=self._lost_pending,
             in_flight=len(self._delivered),
+            acks_missed=self._acks_missed,
         )
 
     async def read(self) -> list[StreamEntry]:
@@ -741,9 +750,27 @@ class StreamConsumer:
             raise TypeError(msg)
         if not entry_ids:
             return 0
+        held = len(self._delivered.intersection(entry_ids))
         acked = sum(int(n) for n in await self._until_answered(self._xack(entry_ids)))
+        # Held entries are pending in the group unless it vanished meanwhile.
+        held = min(held, len(self._delivered.intersection(entry_ids)))
         self._delivered.difference_update(entry_ids)
+        if held > acked:
+            self._missed(held - acked)
         return acked
+
+    def _missed(self, missed: int) -> None:
+        self._acks_missed += missed
+        _log.warning(
+            "%d entries acked on Redis stream %r were no longer pending in group %r (Redis"
+            " restarted without persistence, or the key was deleted, while they were being"
+            " processed): they are done, but a crash before would not have re-delivered them."
+            " Entries acked after their group vanished so far: %d",
+            missed,
+            self._stream,
+            self._group,
+            self._acks_missed,
+        )
 
     def _xack(self, entry_ids: Sequence[str]) -> Callable[[], Awaitable[list[Any]]]:
         def command() -> Awaitable[list[Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 
 from rayworker.checkpoint import stream_position
 from rayworker.detect import LateEvent
@@ -28,16 +28,28 @@ _log = logging.getLogger("rayworker.ingest")
 
 
 class StreamBatches:
-    """Batches read from a consumer group; ack and dead-letter adapters for the pump."""
+    """Batches read from a consumer group; ack and dead-letter adapters for the pump.
+
+    ``observe``, when given, is called with the entries of every read, as they come and
+    before they are batched (a fault drill records what the pipeline was given with it).
+    """
 
     def __init__(
-        self, consumer: StreamConsumer, stop: asyncio.Event, *, poison_attempts: int = 3
+        self,
+        consumer: StreamConsumer,
+        stop: asyncio.Event,
+        *,
+        poison_attempts: int = 3,
+        observe: Callable[[Sequence[StreamEntry]], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.stop = stop
         self.poison_attempts = poison_attempts
+        self.observe = observe
         self.replay_entries = max(consumer.count, 1)
         self.poisoned = 0
+        self.poisoned_entries: list[str] = []
+        """Ids of the entries dead-lettered as poison, in the order they were set aside."""
         # Rejections of entries up to here were dead-lettered already: a replay after a
         # recovery screens them again, identically, and must not write them twice.
         self._dead_lettered_upto = 0
@@ -49,6 +61,8 @@ class StreamBatches:
     async def __aiter__(self) -> AsyncIterator[Batch]:
         while not self.stop.is_set():
             entries = await self.consumer.read()
+            if entries and self.observe is not None:
+                self.observe(entries)
             await self._report_lag()
             yield self._batch(entries)
 
@@ -120,6 +134,7 @@ class StreamBatches:
         await self.consumer.dead_letter(records, source_entries=[entry.entry_id] * len(records))
         await self.consumer.ack([entry.entry_id])
         self.poisoned += 1
+        self.poisoned_entries.append(entry.entry_id)
         _log.warning(
             "poison entry dead-lettered",
             extra={"entry": entry.entry_id, "attempts": len(history), "events": len(records)},
