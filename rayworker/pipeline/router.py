@@ -190,7 +190,7 @@ class Router:
         """The highest stream position submitted (0: none, or a source without positions)."""
         self.completed_barrier = 0
         self.completed_position = 0
-        self.next_barrier = _barrier_id(0)
+        self.next_barrier = _rising_id(0)
         """Barrier ids grow strictly, also across recoveries and router restarts (they start
         from the wall clock in milliseconds): a checkpoint set is never overwritten by a later
         epoch's, so any complete set in the store is consistent."""
@@ -412,7 +412,7 @@ class Router:
     async def _persist_screened(self, ticket: int, alerts: list[Alert], epoch: int) -> None:
         error: str | None = None
         try:
-            await self.alert_store.call(lambda: persist_alerts.remote(self.settings, alerts))
+            await self.alert_store.call(lambda: _persist.remote(self.settings, alerts))
             self._notify(alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the ticket, never the router
             error = f"integrity_{type(exc).__name__}"
@@ -474,7 +474,7 @@ class Router:
         for out in outputs:
             self._interval(self.next_barrier).metrics.merge(out.metrics)
         if alerts:
-            await persist_alerts.remote(self.settings, alerts)
+            await self.alert_store.call(lambda: _persist.remote(self.settings, alerts))
             self._notify(alerts)
         if self.recoverable:
             # The settled state is checkpointed too, which also releases the deltas above.
@@ -584,7 +584,7 @@ class Router:
             self._interval(item.interval).metrics.merge(output.metrics)
             if output.alerts:
                 await self.alert_store.call(
-                    lambda: persist_alerts.remote(self.settings, output.alerts, output.trace)
+                    lambda: _persist.remote(self.settings, output.alerts, output.trace)
                 )
                 self._notify(output.alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
@@ -637,7 +637,7 @@ class Router:
     def _start_barrier(self) -> None:
         """Queue barrier ``next_barrier`` behind everything submitted so far."""
         barrier = self.next_barrier
-        self.next_barrier = _barrier_id(barrier)
+        self.next_barrier = _rising_id(barrier)
         self._since_barrier = False
         self._last_barrier = time.monotonic()
         state = encode_state(self._router_state())
@@ -680,23 +680,27 @@ class Router:
             )
             return
         self.checkpoint_bytes = sum(f.result() for f in saves) + len(state)
+        held = {b: self.intervals[b] for b in sorted(self.intervals) if b <= barrier}
         try:
             await save_checkpoint.remote(self.settings, ROUTER_OWNER, barrier, position, state)
         except Exception as exc:  # noqa: BLE001 - a later barrier retries
             self.barrier_failures += 1
             self.errors[f"checkpoint_{type(exc).__name__}"] += 1
             return
-        if epoch != self.epoch:
-            return
-        self.completed_barrier, self.completed_position = barrier, position
+        # The checkpoint is durable, so what it covers is released even if a recovery began
+        # meanwhile: that recovery waits for this task and restores this very checkpoint,
+        # and its replay skips what it covers.
         released = MetricDeltas()
         latency: dict[str, list[float]] = {}
-        for number in sorted(b for b in self.intervals if b <= barrier):
-            interval = self.intervals.pop(number)
-            self.done.extend(interval.done)
+        for number, interval in held.items():
+            self.intervals.pop(number, None)
             released.merge(interval.metrics)
             for tenant, values in interval.latency.items():
                 latency.setdefault(tenant, []).extend(values)
+        if epoch == self.epoch:
+            self.completed_barrier, self.completed_position = barrier, position
+            for interval in held.values():
+                self.done.extend(interval.done)
         await self._send_metrics(released, latency)
         # Old checkpoints left by a failed prune go at the next barrier's.
         with contextlib.suppress(Exception):
@@ -717,7 +721,9 @@ class Router:
         checkpoint covers). Waits up to ``recovery_timeout_s`` for restarted shards.
         """
         self._ensure_started()
-        self.epoch += 1
+        # Epochs rise across router restarts too (like barrier ids, from the wall clock): a
+        # call a dead router left queued at a shard can never pass for the new router's.
+        self.epoch = _rising_id(self.epoch)
         epoch = self.epoch
         self._recovering = True
         try:
@@ -726,6 +732,12 @@ class Router:
             self._recovering = False
 
     async def _recover(self, epoch: int) -> dict[str, Any]:
+        # A barrier of the old epoch may be writing its router checkpoint: let it finish
+        # (it stops by itself otherwise), so that a checkpoint it completes is the one
+        # restored below, and the metrics it released are not counted again by the replay.
+        pending, self._barrier_task = self._barrier_task, None
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending], timeout=self.settings.recovery_timeout_s)
         for shard in self.shards:
             self.buffers[shard] = _Buffer()
             self.outbox[shard].clear()
@@ -733,12 +745,14 @@ class Router:
         self.intervals.clear()
         self.done, self.failed = [], []
         self._barrier_saves.clear()
-        if self._barrier_task is not None:
-            self._barrier_task.cancel()
-            self._barrier_task = None
         deadline = time.monotonic() + self.settings.recovery_timeout_s
         for attempt in range(1, _RESTORE_ATTEMPTS + 1):
-            found = await latest_checkpoint.remote(self.settings, ROUTER_OWNER)
+            # Behind the guard: a store outage makes recovery wait, not fail.
+            found = await self.alert_store.call(
+                lambda: latest_checkpoint.options(retry_exceptions=False).remote(
+                    self.settings, ROUTER_OWNER
+                )
+            )
             barrier = position = 0
             state: dict[str, Any] | None = None
             if found is not None:
@@ -768,7 +782,7 @@ class Router:
         self._set_key_groups(self.partitioner.assignment)
         self.completed_barrier = barrier
         self.completed_position = position
-        self.next_barrier = _barrier_id(max(barrier, self.next_barrier))
+        self.next_barrier = _rising_id(max(barrier, self.next_barrier))
         self.position = position
         self._since_barrier = False
         self.recoveries += 1
@@ -986,12 +1000,12 @@ class Router:
 
     async def _restore_shard(self, shard: int, barrier: int, epoch: int, deadline: float) -> None:
         handle = self.shards[shard]
-        while True:
-            state = (
-                load_checkpoint_state.remote(self.settings, shard_owner(shard), barrier)
-                if barrier
-                else None
+        state: bytes | None = None
+        if barrier:
+            state = await self.alert_store.call(
+                lambda: _load_state.remote(self.settings, shard_owner(shard), barrier)
             )
+        while True:
             try:
                 await handle.restore_state.remote(state, epoch)
                 return
@@ -1132,8 +1146,15 @@ class Router:
         }
 
 
-def _barrier_id(after: int) -> int:
-    """A barrier id above ``after`` and at least the wall clock in milliseconds."""
+# The guard retries store errors with backoff; Ray retrying them too would multiply attempts.
+# Ray still re-runs a task whose worker died (persisting is idempotent).
+_persist = persist_alerts.options(retry_exceptions=False)
+_load_state = load_checkpoint_state.options(retry_exceptions=False)
+
+
+def _rising_id(after: int) -> int:
+    """An id above ``after`` and at least the wall clock in milliseconds (barrier ids and
+    recovery epochs: they keep rising across restarts without being stored)."""
     return max(after + 1, time.time_ns() // 1_000_000)
 
 

@@ -289,6 +289,12 @@ class PostgresAlertStore(LifecycleActions):
                 if migrate:
                     await migrate_postgres(conn)
                 status = await check_postgres(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # E.g. the server shutting down between connecting and checking: an outage like
+            # any other, which callers retry (SinkError), not a bug.
+            await self.close()
+            msg = f"the PostgreSQL alert store failed while opening: {type(exc).__name__}: {exc}"
+            raise SinkError(msg) from exc
         except BaseException:
             await self.close()
             raise

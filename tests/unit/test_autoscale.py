@@ -82,11 +82,11 @@ def test_out_of_bounds_shard_count_is_brought_into_bounds() -> None:
 
 def test_bad_policies_fail_at_start_up_naming_the_setting() -> None:
     """min above max, or bounds that would flap, are rejected with the setting and a fix."""
-    with pytest.raises(ConfigError, match="autoscale.*raise max_shards"):
+    with pytest.raises(ConfigError, match=r"autoscale.*raise max_shards"):
         load_settings(autoscale={"min_shards": 5, "max_shards": 3})
     with pytest.raises(ConfigError, match="scale_down_lag"):
         load_settings(autoscale={"scale_up_lag": 10, "scale_down_lag": 10})
-    with pytest.raises(ConfigError, match="autoscale.enabeld"):
+    with pytest.raises(ConfigError, match=r"autoscale\.enabeld"):
         load_settings(autoscale={"enabeld": True})
 
 
