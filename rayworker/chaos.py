@@ -362,12 +362,19 @@ class _CheckedAcks:
         self.source = source
         self.settings = settings
         self.report = report
+        self._store: Any = None
+        self._opening = asyncio.Lock()
+        self._checks: set[asyncio.Task[int]] = set()
 
     async def __call__(self, tokens: Sequence[list[str]]) -> None:
         ids = [entry for token in tokens for entry in token]
-        covered: int | None = None
-        with contextlib.suppress(Exception):
-            covered = await asyncio.wait_for(self._latest(), _CHECK_TIMEOUT_S)
+        # Never cancelled: cancelling asyncpg mid-connect can leave its pool's close() waiting
+        # forever, which stalled the drill. A check that is slow finishes in the background.
+        check = asyncio.ensure_future(self._latest())
+        self._checks.add(check)
+        check.add_done_callback(self._checks.discard)
+        done, _ = await asyncio.wait({check}, timeout=_CHECK_TIMEOUT_S)
+        covered = check.result() if done and check.exception() is None else None
         if covered is None:
             self.report.acked_unchecked += ids
         else:
@@ -377,12 +384,23 @@ class _CheckedAcks:
         self.report.acks.append((started, time.monotonic(), ids))
 
     async def _latest(self) -> int:
-        store: Any = await open_alert_store(self.settings)
-        try:
-            latest = await store.latest_checkpoint(self.settings.ray_namespace, ROUTER_OWNER)
-        finally:
-            await store.close()
-        return latest.position if latest is not None else -1
+        async with self._opening:
+            if self._store is None:
+                self._store = await open_alert_store(self.settings)
+        latest = await self._store.latest_checkpoint(self.settings.ray_namespace, ROUTER_OWNER)
+        return int(latest.position) if latest is not None else -1
+
+    async def close(self) -> None:
+        """Close the store once pending checks are done (giving up on them after a while)."""
+        checks = [*self._checks]
+        if checks:
+            await asyncio.wait(checks, timeout=_CHECK_TIMEOUT_S * 5)
+        for task in checks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a failed check is reported as unchecked
+        if self._store is not None:
+            closing = asyncio.ensure_future(self._store.close())
+            await asyncio.wait({closing}, timeout=_CHECK_TIMEOUT_S * 5)
 
 
 async def await_recovery(
@@ -721,7 +739,10 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
     """
     report = DrillReport(len(lines), 0, {}, lag_threshold=lag_threshold)
     ranges = _entry_ranges(len(lines), per_entry, alone)
-    client = aioredis.Redis.from_url(settings.stream_url.get_secret_value())
+    # Timeouts: a write caught by a Redis restart must fail (and be retried), not hang.
+    client = aioredis.Redis.from_url(
+        settings.stream_url.get_secret_value(), socket_connect_timeout=2, socket_timeout=10
+    )
     producer = StreamProducer(client, stream=settings.stream_key)
     produced = asyncio.Event()
     finished = asyncio.Event()
@@ -770,13 +791,14 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
         finally:
             stop.set()
 
+    checked = _CheckedAcks(source, settings, report)
     sampler = asyncio.create_task(_sample_lag(settings, report))
     producing = asyncio.create_task(_produce(producer, lines, ranges, rate, report, produced))
     striking = asyncio.create_task(strike())
     try:
         report.pump = await pipeline.pump(
             source.__aiter__(),
-            ack=_CheckedAcks(source, settings, report),
+            ack=checked,
             dead_letter=source.dead_letter,
             stop=stop,
             replay=source.replay,
@@ -801,6 +823,7 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
                 await task
         if pipeline.router is not None:
             pipeline.stop()
+        await checked.close()
         report.consumer = consumer.health()
         await consumer.close()
         with contextlib.suppress(Exception):

@@ -89,6 +89,7 @@ _PING_TIMEOUT_S = 2.0
 _RESTORE_RETRY_S = 0.25
 _RESTORE_ATTEMPTS = 5
 _QUIESCE_ATTEMPTS = 5
+_BARRIER_TIMEOUT_S = 60.0
 _SCALE_ATTEMPTS = 3
 """A scale request is retried (after the driver's recovery) this often before it fails."""
 _WATCH_EVERY_S = 0.5
@@ -656,7 +657,10 @@ class Router:
     ) -> None:
         """Once every shard's checkpoint is saved and every covered ticket persisted, write the
         router's checkpoint (marking the barrier complete), then release what it covers."""
-        while epoch == self.epoch:
+        # A barrier that cannot finish (a save that never comes) must not hold every later
+        # one back: give up on it, and the next barrier covers its tickets.
+        deadline = time.monotonic() + max(_BARRIER_TIMEOUT_S, self.settings.recovery_timeout_s)
+        while epoch == self.epoch and time.monotonic() < deadline:
             saves = self._barrier_saves.get(barrier, [])
             covered_open = any(i.open for b, i in self.intervals.items() if b <= barrier)
             if len(saves) == shards and all(f.done() for f in saves) and not covered_open:
@@ -667,7 +671,11 @@ class Router:
         saves = self._barrier_saves.pop(barrier, [])
         if epoch != self.epoch:
             return
-        failed = [f.exception() for f in saves if f.exception() is not None]
+        failed: list[BaseException | str] = [
+            e for f in saves if f.done() and (e := f.exception()) is not None
+        ]
+        if len(saves) < shards or not all(f.done() for f in saves):
+            failed.append(f"{len(saves)} of {shards} shard checkpoints saved in time")
         covered = [i for b, i in self.intervals.items() if b <= barrier]
         if failed or any(i.open or i.failed for i in covered):
             # A later barrier covers these tickets; a shard that failed is recovered by then.
@@ -1033,7 +1041,10 @@ class Router:
                 idle = self._barrier_task is None or self._barrier_task.done()
                 # Also after a failed barrier: what it covered waits for the next one.
                 wanted = self._since_barrier or self.intervals
-                if due and idle and wanted and not self.scaling.running:
+                # Never during a recovery: it clears the outboxes a barrier would queue into
+                # (and its shards are not restored yet), so that barrier could never finish.
+                quiet = not self.scaling.running and not self._recovering
+                if due and idle and wanted and quiet:
                     self._start_barrier()
             elif now - self._last_metrics >= _METRICS_EVERY_S:
                 await self._send_metrics()
