@@ -63,6 +63,7 @@ from rayworker.ingest.redis_streams import (
     StreamProducer,
 )
 from rayworker.pipeline.app import Pipeline, PumpStats, detector_config, load_pack
+from rayworker.pipeline.pump import consumer_lag
 from rayworker.pipeline.sources import StreamBatches
 from rayworker.serve_app import collect
 from rayworker.settings import Settings, load_settings
@@ -802,6 +803,7 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
             dead_letter=source.dead_letter,
             stop=stop,
             replay=source.replay,
+            lag=consumer_lag(consumer),
         )
         await striking
         await producing

@@ -237,3 +237,38 @@ def test_a_restarted_driver_starts_the_checkpointed_layout(
     assert info["shards"] == [0, 1, 5]
     assert (info["barrier"], stats["events"]) == (barrier, 7)
     assert stats["key_groups"] == {"0": 86, "1": 85, "5": 85}
+
+
+def test_the_autoscaler_adds_shards_when_the_lag_stays_high(
+    ray_cluster: str, live_redis_url: str, pg_dsn: str
+) -> None:
+    """With autoscaling on and a low lag bound, a backlog makes the pump add shards (one step
+    per cooldown, up to max_shards) by itself; alerts stay exact."""
+    policy = {
+        "enabled": True,
+        "min_shards": 2,
+        "max_shards": 3,
+        "scale_up_lag": 20,
+        "scale_down_lag": 0,
+        "sustain_s": 0.5,
+        "cooldown_s": 60,
+        "check_every_s": 0.25,
+    }
+    settings = drill_settings(
+        live_redis_url, pg_dsn, secrets.token_hex(5), shard_cpus=0.25, autoscale=policy
+    )
+    lines = drill_workload(150_000, seed=12)
+
+    def plan(report: DrillReport) -> FaultPlan:
+        async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
+            return None
+
+        return strike
+
+    # Produced far faster than two shards on this machine drain it: the lag builds up.
+    report = asyncio.run(run_drill(settings, lines, plan, rate=60_000.0))
+    assert report.pump is not None
+    assert report.pump.rescales == 1
+    assert report.router["shards"] == [0, 1, 2]
+    assert report.stored == report.expected
+    assert (report.lost, report.duplicates) == (0, 0)
