@@ -4,8 +4,8 @@ Measured in one run, so the ratios hold on a noisy machine:
 
 (a) the single-process core (`replay`'s detector) over the events, as the baseline;
 (b) the pipeline with N shards draining a pre-loaded stream of batched entries until every
-    entry is acknowledged (alerts persisted in SQLite, metrics in Redis), and the same with
-    one event per entry;
+    entry is acknowledged (alerts persisted in SQLite, metrics in Redis), the same with
+    checkpoints every 2 s as `rayworker run` runs it, and with one event per entry;
 (c) event -> alert-persisted latency p50/p99 at an offered rate (default 20k events/s),
     measured per read batch from XADD time to acknowledgement;
 (d) load imbalance (max/mean events per shard) with 8 shards on the Zipf workload, with
@@ -62,8 +62,12 @@ async def pipeline_rate(
     tmp: Path,
     read_events: int = 5000,
     flush_events: int = 2000,
+    checkpoints: bool = False,
 ) -> tuple[float, list[float]]:
-    """(b)/(c): events/s through the pipeline, and per-batch latencies (ms) to the ack."""
+    """(b)/(c): events/s through the pipeline, and per-batch latencies (ms) to the ack.
+
+    ``checkpoints``: run it as ``rayworker run`` does, recoverable, with a checkpoint every
+    2 s (entries are acknowledged once a checkpoint covers them)."""
     token = secrets.token_hex(4)
     settings = load_settings(
         alerts_dsn=f"sqlite:///{tmp / f'alerts-{token}.db'}",
@@ -79,13 +83,14 @@ async def pipeline_rate(
         flush_events=flush_events,
         block_ms=20,
         max_future_s=None,
+        checkpoint_interval_s=2.0 if checkpoints else 0.0,
     )
     client = aioredis.Redis.from_url(REDIS)
     producer = StreamProducer(client, stream=settings.stream_key)
     sent_at: dict[str, float] = {}
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, recoverable=checkpoints)
     await pipeline.start(migrate=True)
-    consumer = StreamConsumer.from_settings(settings)
+    consumer = StreamConsumer.from_settings(settings, replays_pending=checkpoints)
     await consumer.ensure_group()
     if offered is None:
         await producer.add_events(lines, per_entry=per_entry)
@@ -127,7 +132,13 @@ async def pipeline_rate(
     tasks = [asyncio.create_task(watch())]
     if offered is not None:
         tasks.append(asyncio.create_task(produce()))
-    await pipeline.pump(source.__aiter__(), ack=ack, dead_letter=source.dead_letter, stop=stop)
+    await pipeline.pump(
+        source.__aiter__(),
+        ack=ack,
+        dead_letter=source.dead_letter,
+        stop=stop,
+        replay=source.replay if checkpoints else None,
+    )
     elapsed = time.perf_counter() - started
     for task in tasks:
         await task
@@ -191,6 +202,20 @@ def main() -> None:
         print(
             f"(b) pipeline, 500 events per entry:  {batched:>10,.0f} events/s"
             f"   ratio to (a) {batched / base:.2f} (target >= 0.5)"
+        )
+        recoverable, _ = asyncio.run(
+            pipeline_rate(
+                lines,
+                shards=args.shards,
+                per_entry=500,
+                offered=None,
+                tmp=Path(tmp),
+                checkpoints=True,
+            )
+        )
+        print(
+            f'(b") the same, checkpoints every 2 s: {recoverable:>10,.0f} events/s'
+            f"   ratio to (a) {recoverable / base:.2f} (as `rayworker run` runs)"
         )
         single_lines = lines[: args.single_events]
         single, _ = asyncio.run(
