@@ -225,6 +225,12 @@ class Pipeline:
         shards cannot start within ``recovery_timeout_s`` (no room in the cluster), nothing
         changes and the result says why. Raises if the hand-off itself fails: recover then.
         """
+        groups = self.assignment.groups
+        if shards < 1:
+            msg = f"shards: got {shards}; give 1 to {groups} (the pipeline's key groups)"
+            raise ConfigError(msg)
+        # A shard without a key group would hold nothing: never more shards than groups.
+        shards = min(shards, groups)
         current = sorted(self.shards)
         keep = current[:shards]
         added: dict[int, Any] = {}
