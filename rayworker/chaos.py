@@ -502,6 +502,16 @@ async def _bring_up(server: Restartable, outage: Outage, pipeline: Pipeline) -> 
     outage.up_at = time.monotonic()
 
 
+async def _sample_while_down(
+    pipeline: Pipeline, settings: Settings, outage: Outage, down_s: float, every_s: float
+) -> None:
+    """Sample health every ``every_s`` until the server has been down ``down_s`` seconds."""
+    while time.monotonic() - outage.down_at < down_s:
+        outage.health.append(await _health_sample(pipeline, settings, outage.down_at))
+        left = down_s - (time.monotonic() - outage.down_at)
+        await asyncio.sleep(max(0.0, min(every_s, left)))
+
+
 async def _until_ready(
     pipeline: Pipeline, settings: Settings, outage: Outage, every_s: float
 ) -> None:
@@ -536,10 +546,7 @@ def stop_postgres(
         # A save already in flight may still complete while the server shuts down.
         await asyncio.sleep(0.5)
         outage.completed_at_down = int((await _router_stats(pipeline))["completed_position"])
-        while time.monotonic() - outage.down_at < down_s:
-            outage.health.append(await _health_sample(pipeline, settings, outage.down_at))
-            left = down_s - (time.monotonic() - outage.down_at)
-            await asyncio.sleep(max(0.0, min(sample_every_s, left)))
+        await _sample_while_down(pipeline, settings, outage, down_s, sample_every_s)
         await _bring_up(server, outage, pipeline)
         barrier = int((await _router_stats(pipeline))["completed_barrier"])
         recovered: float | None = None
@@ -587,10 +594,7 @@ def restart_redis(
         outage = await _take_down(server, "redis", report)
         with contextlib.suppress(ray.exceptions.RayActorError):
             outage.completed_at_down = int((await _router_stats(pipeline))["completed_position"])
-        while time.monotonic() - outage.down_at < down_s:
-            outage.health.append(await _health_sample(pipeline, settings, outage.down_at))
-            left = down_s - (time.monotonic() - outage.down_at)
-            await asyncio.sleep(max(0.0, min(sample_every_s, left)))
+        await _sample_while_down(pipeline, settings, outage, down_s, sample_every_s)
         await _bring_up(server, outage, pipeline)
         recovered: float | None = None
         first: str | None = None

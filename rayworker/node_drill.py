@@ -60,6 +60,7 @@ from rayworker.chaos import (
     DrillReport,
     FaultPlan,
     Recovery,
+    await_recovery,
     drill_settings,
     drill_workload,
     run_drill,
@@ -138,11 +139,6 @@ class NodeDrill:
             if info["Name"] and info["State"] == "ALIVE"
         }
 
-    def restarts(self, name: str) -> int:
-        """How often Ray has restarted the named actor so far."""
-        table: dict[str, dict[str, Any]] = self.cluster.global_state.actor_table(None)
-        return sum(int(info["NumRestarts"]) for info in table.values() if info["Name"] == name)
-
     async def on_main(self, call: Callable[[], Any]) -> Any:
         """Run ``call`` in the main thread (see :meth:`serve`) and return its result."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -182,40 +178,6 @@ async def _until_read(pipeline: Pipeline, events: int, finished: Callable[[], bo
     return read
 
 
-async def _await_recovery(
-    drill: NodeDrill,
-    pipeline: Pipeline,
-    before: tuple[int, int],
-    killed: float,
-    finished: Callable[[], bool],
-) -> tuple[float, float]:
-    """:func:`~rayworker.chaos.await_recovery` for a loss that may have hit the router too.
-
-    ``before``: the router's epoch and restart count before the loss. A restarted router
-    counts epochs from 0 again, so its first recovery may land on the epoch it had before;
-    its restart count (from the GCS) tells the two apart.
-    """
-    epoch, restarts = before
-    recovered: float | None = None
-    restored_barrier = -1
-    while time.monotonic() - killed < 90:
-        try:
-            stats = await pipeline.router.stats.remote()
-        except ray.exceptions.RayActorError:
-            stats = {"epoch": 0}
-        restarted = drill.restarts(ROUTER_NAME) > restarts
-        new_epoch = stats["epoch"] != 0 and (restarted or stats["epoch"] != epoch)
-        if recovered is None and new_epoch and not stats.get("recovering"):
-            recovered = time.monotonic() - killed
-            restored_barrier = stats["completed_barrier"]
-        progressed = stats.get("completed_barrier", -1) > restored_barrier or finished()
-        if recovered is not None and progressed:
-            return recovered, time.monotonic() - killed
-        await asyncio.sleep(0.05)
-    msg = "the pipeline did not recover and checkpoint again within 90 s"
-    raise TimeoutError(msg)
-
-
 def _victim(placement: dict[str, str]) -> str:
     """The worker node to remove: one holding a shard, preferably not the router."""
     shards = {node for name, node in placement.items() if name != ROUTER_NAME}
@@ -241,14 +203,13 @@ def node_plan(
             victim = _victim(placement)
             on_victim = sorted(name for name, node in placement.items() if node == victim)
             _log.warning("removing %s (holding %s)", victim, on_victim)
-            before = (
-                (await pipeline.router.stats.remote())["epoch"],
-                drill.restarts(ROUTER_NAME),
-            )
+            # Epochs rise from the wall clock across router restarts, so a new one tells a
+            # recovery apart even when the router was on the removed node.
+            before = (await pipeline.router.stats.remote())["epoch"]
             killed = time.monotonic()
             await drill.on_main(lambda: drill.remove_worker(victim, graceful=graceful))
             removed_s = time.monotonic() - killed
-            recovered, progress = await _await_recovery(drill, pipeline, before, killed, finished)
+            recovered, progress = await await_recovery(pipeline, before, killed, finished)
             report.recoveries.append(Recovery(f"node:{victim}", recovered, progress, at=killed))
             drill.placements["after_recovery"] = drill.placement()
             drill.steps.append(
