@@ -362,8 +362,11 @@ class Pipeline:
                     shard_name(shard), namespace=self.settings.ray_namespace
                 )
 
-    async def traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]:
-        """Submit inside a ``rayworker.ingest`` span that continues the producers' trace."""
+    async def traced_submit(
+        self, batch: Batch, order: tuple[str, int] | None = None
+    ) -> tuple[Receipt, Carrier | None]:
+        """Submit inside a ``rayworker.ingest`` span that continues the producers' trace
+        (``order``: as :meth:`~rayworker.pipeline.router.Router.submit` takes it)."""
         parent, linked = choose_parent([c for _, c in batch.traces])
         limit = self.settings.telemetry.max_links
         traced: dict[str, Carrier] = {}
@@ -384,7 +387,7 @@ class Pipeline:
         ) as span:
             carrier = carrier_of()
             receipt: Receipt = await self.router.submit.remote(
-                batch.lines, carrier, traced, batch.position
+                batch.lines, carrier, traced, batch.position, order
             )
             span.set_attribute("rayworker.ticket", receipt.ticket)
             span.set_attribute("rayworker.rejected", len(receipt.rejections))

@@ -53,6 +53,10 @@ class NotifierActor:
         await self._ensure_started()
         return self.notifier.enqueue(alerts)
 
+    async def enqueue_batches(self, *batches: Sequence[Alert]) -> bool:
+        """:meth:`enqueue` of several batches (each usually passed as an ObjectRef)."""
+        return await self.enqueue([alert for batch in batches for alert in batch])
+
     async def stats(self) -> dict[str, Any]:
         """Queue, routing, grouping and delivery counters."""
         return self.notifier.stats()

@@ -13,8 +13,11 @@ the lag-driven :class:`~rayworker.autoscale.Autoscaler` when enabled): the pipel
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,11 +44,15 @@ __all__ = [
 ]
 
 _log = logging.getLogger("rayworker.pump")
+SUBMITS_IN_FLIGHT = 2
+"""Batches submitted to the router before the driver waits for the oldest receipt: enough
+for the router to screen one while the driver reads the next."""
 _SCALE_POLL_S = 1.0
 """How often the pump asks the router for a scale request (``rayworker scale``)."""
 
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
-DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], list[bytes]], Awaitable[None]]
+DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], "Batch"], Awaitable[None]]
+"""Writes a batch's rejected and late events to the dead letters."""
 Replay = Callable[[int, Mapping[str, list[str]]], AsyncIterator["Batch"]]
 """Replays a recoverable source after a recovery: given the checkpoint's position and the
 errors each entry has failed with so far, yields every unacknowledged entry above the
@@ -67,6 +74,8 @@ class Batch:
     position: int | None = None
     """The highest stream position of the batch's entries (:func:`~rayworker.checkpoint.
     stream_position`); None for sources without positions."""
+    owners: list[str] | None = None
+    """The source entry of each line, where the source has entries (dead letters name it)."""
     isolated: bool = False
     """Submit alone and wait for the outcome: the entry failed before, and only alone does
     another failure say that this entry is the cause."""
@@ -102,7 +111,9 @@ class Driver(Protocol):
     tracing: bool
     shards: dict[int, Any]
 
-    async def traced_submit(self, batch: Batch) -> tuple[Receipt, Carrier | None]: ...
+    async def traced_submit(
+        self, batch: Batch, order: tuple[str, int] | None = None
+    ) -> tuple[Receipt, Carrier | None]: ...
 
     async def traced_ack(
         self, ack: Ack, acks: list[Any], tickets: list[int], carriers: list[Carrier]
@@ -159,6 +170,11 @@ class Pump:
         self.isolated: set[int] = set()
         self._scale_checked = time.monotonic()
         self._lag_checked = time.monotonic()
+        self.in_flight: deque[tuple[Batch, Awaitable[Any]]] = deque()
+        """Submitted batches whose receipts were not taken yet, oldest first."""
+        self._submits = uuid.uuid4().hex
+        """This pump's submit stream (a new one after each recovery), numbered from 0."""
+        self._submitted = 0
 
     async def run(self, batches: AsyncIterator[Batch], *, bounded: bool = False) -> PumpStats:
         """Feed batches until the source ends or ``stop`` is set; then drain.
@@ -172,17 +188,18 @@ class Pump:
         if self.driver.recoverable:
             await self._recover()
         async for batch in batches:
-            if self.driver.recoverable:
-                if not await self._feed(batch) or not await self._maybe_rescale():
-                    await self._recover()
-            else:
-                await self._submit(batch)
-                await self._settle()
+            fed = await self._feed(batch)
+            if not self.driver.recoverable:
                 await self._maybe_rescale()
+            elif not fed or not await self._maybe_rescale():
+                await self._recover()
             if self.on_progress is not None:
                 self.on_progress(self.stats)
             if self.stop is not None and self.stop.is_set():
                 break
+        # A router that died holding the last receipts shows in the drain below.
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            await self._receive_all()
         if bounded:
             await router.finish.remote()
         elif self.driver.recoverable:
@@ -203,6 +220,11 @@ class Pump:
     async def _settle(self) -> bool:
         """Acknowledge what finished; False if something failed (recover, then)."""
         done, failed = await self.driver.router.completed.remote()
+        return await self._finished(done, failed)
+
+    async def _finished(self, done: list[int], failed: list[tuple[int, str]]) -> bool:
+        """Acknowledge the finished tickets and forget the failed ones (their entries are
+        delivered again); False if any failed."""
         acked = [t for t in done if self.tokens.get(t) is not None]
         acks = [self.tokens.pop(t) for t in done if t in self.tokens]
         acks = [a for a in acks if a is not None]
@@ -224,35 +246,66 @@ class Pump:
             self.stats.acked += len(acks)
         return not failed
 
-    async def _submit(self, batch: Batch) -> None:
-        if not batch.lines:
-            return
+    def _send(self, batch: Batch) -> None:
+        """Submit a batch without waiting for its receipt (:meth:`_receive` takes it)."""
+        order = (self._submits, self._submitted)
+        self._submitted += 1
         if self.driver.tracing:
-            receipt, carrier = await self.driver.traced_submit(batch)
+            sent: Awaitable[Any] = asyncio.ensure_future(self.driver.traced_submit(batch, order))
+        else:
+            sent = self.driver.router.submit.remote(batch.lines, None, None, batch.position, order)
+        self.in_flight.append((batch, sent))
+
+    async def _receive(self) -> bool:
+        """Take the oldest receipt: dead-letter its rejects, remember its token and
+        acknowledge the tickets it reports finished; False if any failed."""
+        batch, sent = self.in_flight.popleft()
+        if self.driver.tracing:
+            receipt, carrier = await sent
             if carrier is not None:
                 self.traces[receipt.ticket] = carrier
         else:
-            receipt = await self.driver.router.submit.remote(
-                batch.lines, None, None, batch.position
-            )
+            receipt = await sent
         stats = self.stats
         stats.events += len(batch.lines)
         stats.accepted += receipt.accepted
         stats.rejected += len(receipt.rejections)
         stats.late += len(receipt.late)
         if self.dead_letter is not None and (receipt.rejections or receipt.late):
-            await self.dead_letter(receipt.rejections, receipt.late, batch.lines)
+            await self.dead_letter(receipt.rejections, receipt.late, batch)
         self.tokens[receipt.ticket] = batch.token
         if batch.isolated:
             self.isolated.add(receipt.ticket)
+        return await self._finished(receipt.done, receipt.failed)
+
+    async def _receive_all(self) -> bool:
+        """Take every outstanding receipt; False if any reported a failure."""
+        ok = True
+        while self.in_flight:
+            ok = await self._receive() and ok
+        return ok
 
     async def _feed(self, batch: Batch) -> bool:
-        """Submit one batch and acknowledge what finished; False: recovery is needed."""
+        """Submit one batch and acknowledge what finished; False: something failed (a
+        recoverable pipeline recovers then).
+
+        Up to :data:`SUBMITS_IN_FLIGHT` batches await their receipts, so the router screens
+        one batch while this driver reads the next from the source. An empty batch (an idle
+        source) takes every receipt and asks the router what finished; an isolated one is
+        submitted alone and waited for."""
         try:
-            await self._submit(batch)
-            if batch.isolated:
-                await self.driver.router.drain.remote()
-            return await self._settle()
+            if not batch.lines or batch.isolated:
+                ok = await self._receive_all()
+                if batch.lines:
+                    self._send(batch)
+                    ok = await self._receive_all() and ok
+                    await self.driver.router.drain.remote()
+                return await self._settle() and ok
+            self._send(batch)
+            ok = True
+            while len(self.in_flight) > SUBMITS_IN_FLIGHT:
+                ok = await self._receive() and ok
+            return ok
         except ray.exceptions.RayActorError:
             return False  # the router died; Ray restarts it
 
@@ -260,6 +313,12 @@ class Pump:
         """Restore from the last checkpoint and replay until a replay gets through."""
         assert self.replay is not None
         while True:
+            # Receipts still on their way belong to the epoch being abandoned (their
+            # tickets never finish); the replay submits their entries again.
+            outstanding = [sent for _, sent in self.in_flight]
+            self.in_flight.clear()
+            await asyncio.gather(*outstanding, return_exceptions=True)
+            self._submits, self._submitted = uuid.uuid4().hex, 0
             info = await self.driver.recover()
             self.tokens.clear()
             self.isolated.clear()
@@ -295,6 +354,8 @@ class Pump:
         if target is None:
             return True
         try:
+            if not await self._receive_all():
+                return False
             info = await self.driver.rescale(target, request)
         except (ray.exceptions.RayError, ConfigError) as exc:
             _log.warning("rescale to %d shards failed: %s", target, exc)

@@ -57,12 +57,14 @@ from rayworker.errors import ConfigError, SinkError, StateError
 from rayworker.events import Rejection
 from rayworker.health import Status, worst
 from rayworker.partition import Partitioner, ShardBatch
+from rayworker.pipeline.group_commit import GroupCommit
 from rayworker.pipeline.notifier import notifier_handle
 from rayworker.pipeline.shard import ShardOutput, shard_name
 from rayworker.pipeline.sinks import (
     METRICS_ACTOR,
     latest_checkpoint,
     load_checkpoint_state,
+    persist_alert_batches,
     persist_alerts,
     prune_checkpoints,
     record_error,
@@ -96,6 +98,11 @@ _WATCH_EVERY_S = 0.5
 """How often a recoverable router checks that no shard restarted behind its back."""
 
 
+MAX_BATCH_EVENTS = 20_000
+"""Batches queued for a busy shard are joined up to this many events (see
+:meth:`Router._next_outgoing`)."""
+
+
 @dataclass(slots=True)
 class Receipt:
     """What :meth:`Router.submit` tells the caller at once."""
@@ -104,6 +111,11 @@ class Receipt:
     accepted: int
     rejections: list[Rejection]
     late: list[LateEvent]
+    done: list[int] = field(default_factory=list)
+    """Earlier tickets finished since the last receipt or :meth:`Router.completed` call
+    (taken when this submit began, so each is older than this ticket)."""
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    """Earlier tickets that failed meanwhile, with the error of each."""
 
 
 @dataclass(slots=True)
@@ -137,7 +149,43 @@ class _Interval:
     failed: int = 0
     done: list[int] = field(default_factory=list)
     metrics: MetricDeltas = field(default_factory=MetricDeltas)
-    latency: dict[str, list[float]] = field(default_factory=dict)
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Turns:
+    """Takes a caller's concurrent submits in the order it numbered them (:meth:`Router.
+    submit`'s ``order``)."""
+
+    stream: str = ""
+    next: int = 0
+    changed: asyncio.Condition | None = None
+
+    async def take(self, stream: str, number: int) -> None:
+        """Wait for the turn of submit ``number`` of ``stream``."""
+        assert self.changed is not None
+        if stream != self.stream:
+            # A new stream (a driver started, or recovered and resubmits) starts at 0; calls
+            # of the stream it replaces are stale and fail (they can only be queued here
+            # after their driver gave up on them).
+            self.stream, self.next = stream, 0
+            await self._notify()
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.stream != stream or self.next == number)
+        if self.stream != stream:
+            msg = f"submit stream {stream} was superseded by {self.stream}; resubmit"
+            raise StateError(msg)
+
+    async def done(self, stream: str) -> None:
+        """The submit holding the turn of ``stream`` is through: the next one's turn."""
+        if stream == self.stream:
+            self.next += 1
+            await self._notify()
+
+    async def _notify(self) -> None:
+        assert self.changed is not None
+        async with self.changed:
+            self.changed.notify_all()
 
 
 @dataclass(slots=True)
@@ -189,8 +237,7 @@ class Router:
         self.epoch = 0
         self.position = 0
         """The highest stream position submitted (0: none, or a source without positions)."""
-        self.completed_barrier = 0
-        self.completed_position = 0
+        self.completed_barrier = self.completed_position = 0
         self.next_barrier = _rising_id(0)
         """Barrier ids grow strictly, also across recoveries and router restarts (they start
         from the wall clock in milliseconds): a checkpoint set is never overwritten by a later
@@ -207,8 +254,7 @@ class Router:
             failure_threshold=5,
             reset_timeout_s=5.0,
         )
-        self.barrier_failures = 0
-        self.checkpoint_bytes = 0
+        self.barrier_failures = self.checkpoint_bytes = 0
         self._barrier_task: asyncio.Task[None] | None = None
         self._barrier_saves: dict[int, list[asyncio.Future[int]]] = {}
         self._last_barrier = time.monotonic()
@@ -235,19 +281,20 @@ class Router:
         self._next_ticket = 0
         self._wake: dict[int, asyncio.Event] = {}
         self._space: asyncio.Condition | None = None
+        self._turns = _Turns()
+        self._alert_writes = GroupCommit(self._write_alerts)
         self._background: list[asyncio.Task[None]] = []
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._metrics_actor: Any = None
         self._notifier: Any = None
         self._last_metrics = time.monotonic()
         self.batch_latency = LatencyHistogram()
-        self.key_groups = Counter(assignment.owner)
         setup_process(
             settings.telemetry, component="router", node=ray.get_runtime_context().get_node_id()
         )
         self.ray_metrics = PipelineMetrics.get()
-        for shard in shards:
-            self.ray_metrics.key_groups.set(self.key_groups.get(shard, 0), {"shard": str(shard)})
+        self.key_groups: Counter[int] = Counter()
+        self._set_key_groups(assignment)
 
     @property
     def flush_events(self) -> int:
@@ -280,6 +327,7 @@ class Router:
         if self._space is not None:
             return
         self._space = asyncio.Condition()
+        self._turns.changed = asyncio.Condition()
         for shard in self.shards:
             self._start_sender(shard)
         self._background.append(asyncio.create_task(self._ticker()))
@@ -331,30 +379,56 @@ class Router:
         trace: Carrier | None = None,
         traced_events: dict[str, Carrier] | None = None,
         position: int | None = None,
+        order: tuple[str, int] | None = None,
     ) -> Receipt:
         """Screen and route one batch; returns its ticket, rejections and late events.
 
         ``trace``: the context of the caller's ``rayworker.ingest`` span (the batch's
         ``validate`` and ``route`` spans are its children); ``traced_events``: event id ->
         the producer's context, for the events that came with a sampled one; ``position``:
-        the highest stream position among the batch's entries (recoverable pipelines).
+        the highest stream position among the batch's entries (recoverable pipelines);
+        ``order``: (the caller's submit stream, the batch's number in it, from 0), for a
+        caller with several submits in flight: Ray may start an async actor's calls out of
+        order (a large argument is fetched first), and this router takes them in order.
         """
         self._ensure_started()
+        if order is not None:
+            await self._turns.take(*order)
+        try:
+            return await self._route(lines, trace, traced_events, position)
+        finally:
+            if order is not None:
+                await self._turns.done(order[0])
+
+    async def _route(
+        self,
+        lines: list[bytes],
+        trace: Carrier | None,
+        traced_events: dict[str, Carrier] | None,
+        position: int | None,
+    ) -> Receipt:
         if self.scaling.running:
             await self.scaling.resumed.wait()  # a rescale is handing key groups over
+        # Finished tickets ride on the receipt, which spares the caller a call per batch.
+        # Taken before this ticket exists: a caller that handles receipts in order has seen
+        # the receipt of every ticket listed.
+        done, failed = self._take_finished()
         ticket = self._next_ticket
         self._next_ticket += 1
         if position is not None:
             self.position = max(self.position, position)
         self._since_barrier = True
         if trace is None:
-            return await self._submit(ticket, lines, None, None)
-        context = context_of(trace)
-        with tracer().start_as_current_span(
-            "rayworker.route", context=context, attributes={"rayworker.ticket": ticket}
-        ) as span:
-            receipt = await self._submit(ticket, lines, carrier_of(), traced_events)
-            span.set_attribute("rayworker.accepted", receipt.accepted)
+            receipt = await self._submit(ticket, lines, None, None)
+        else:
+            with tracer().start_as_current_span(
+                "rayworker.route",
+                context=context_of(trace),
+                attributes={"rayworker.ticket": ticket},
+            ) as span:
+                receipt = await self._submit(ticket, lines, carrier_of(), traced_events)
+                span.set_attribute("rayworker.accepted", receipt.accepted)
+        receipt.done, receipt.failed = done, failed
         return receipt
 
     async def _submit(
@@ -413,8 +487,7 @@ class Router:
     async def _persist_screened(self, ticket: int, alerts: list[Alert], epoch: int) -> None:
         error: str | None = None
         try:
-            await self.alert_store.call(lambda: _persist.remote(self.settings, alerts))
-            self._notify(alerts)
+            await self._persist_alerts(alerts)
         except Exception as exc:  # noqa: BLE001 - any failure fails the ticket, never the router
             error = f"integrity_{type(exc).__name__}"
             self.errors[error] += 1
@@ -436,6 +509,9 @@ class Router:
         In a recoverable pipeline a ticket is *done* only once a complete checkpoint covers
         it, so its entries may be acknowledged.
         """
+        return self._take_finished()
+
+    def _take_finished(self) -> tuple[list[int], list[tuple[int, str]]]:
         done, self.done = self.done, []
         failed, self.failed = self.failed, []
         return done, failed
@@ -475,8 +551,7 @@ class Router:
         for out in outputs:
             self._interval(self.next_barrier).metrics.merge(out.metrics)
         if alerts:
-            await self.alert_store.call(lambda: _persist.remote(self.settings, alerts))
-            self._notify(alerts)
+            await self._persist_alerts(alerts)
         if self.recoverable:
             # The settled state is checkpointed too, which also releases the deltas above.
             await self._checkpoint_now()
@@ -485,11 +560,29 @@ class Router:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _notify(self, alerts: list[Alert]) -> None:
-        """Hand persisted alerts to the notifier without waiting: it queues them, or drops
-        and counts them when its queue is full, so notifying never slows this router."""
+    def _notify(self, batches: list[list[Alert] | ray.ObjectRef[list[Alert]]]) -> None:
+        """Hand persisted alerts (lists, or ObjectRefs of them) to the notifier without
+        waiting: it queues them, or drops and counts them when its queue is full, so
+        notifying never slows this router."""
         if self._notifier is not None:
-            self._notifier.enqueue.remote(alerts)
+            self._notifier.enqueue_batches.remote(*batches)
+
+    async def _persist_alerts(
+        self, alerts: list[Alert] | ray.ObjectRef[list[Alert]], trace: Carrier | None = None
+    ) -> None:
+        """Persist alerts (a list, or the ObjectRef of a shard's), joined with others
+        waiting (:mod:`~rayworker.pipeline.group_commit`), then hand them to the notifier.
+        A traced batch's alerts go alone, so their ``rayworker.persist`` span is in that
+        batch's trace."""
+        if trace is None:
+            await self._alert_writes.submit([alerts])
+            return
+        await self.alert_store.call(lambda: _persist.remote(self.settings, alerts, trace))
+        self._notify([alerts])
+
+    async def _write_alerts(self, batches: list[list[Alert] | ray.ObjectRef[list[Alert]]]) -> None:
+        await self.alert_store.call(lambda: _persist_batches.remote(self.settings, *batches))
+        self._notify(batches)
 
     def _flush(self, shard: int) -> None:
         buffer = self.buffers[shard]
@@ -541,24 +634,50 @@ class Router:
                 if len(inflight) >= self.max_inflight:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue  # a recovery may have emptied the outbox meanwhile
-                item = outbox.popleft()
+                item = self._next_outgoing(outbox)
                 handle = self.shards[shard]
                 if item.batch is None:
                     self._send_barrier(shard, handle, item)
                     continue
                 self.sent[shard] += len(item.batch)
                 epoch = item.epoch if self.recoverable else None
-                answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(
-                    handle.process.remote(item.batch, item.trace, epoch)
+                alerts, rest = handle.process_apart.options(num_returns=2).remote(
+                    item.batch, item.trace, epoch
                 )
+                answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(rest)
                 # The slot frees when the shard answers; persisting its alerts must not hold
                 # it, or the database's latency would cap detection throughput.
                 inflight.add(answer)
                 answer.add_done_callback(inflight.discard)
-                finishing = asyncio.create_task(self._complete(answer, item))
+                finishing = asyncio.create_task(self._complete(answer, alerts, item))
                 self.finishing.add(finishing)
                 finishing.add_done_callback(self._finished)
                 await self._notify_space()
+
+    @staticmethod
+    def _next_outgoing(outbox: deque[_Outgoing]) -> _Outgoing:
+        """The next item to send; batches queued behind a busy shard go as one.
+
+        A shard's cost per batch is partly fixed, so a shard that falls behind catches up
+        on bigger batches instead of falling further behind. Only untraced batches of one
+        epoch and one checkpoint interval join (a barrier never moves)."""
+        item = outbox.popleft()
+        if item.batch is None or item.trace is not None:
+            return item
+        parts, tickets, events = [item.batch], list(item.tickets), len(item.batch)
+        while outbox and events < MAX_BATCH_EVENTS:
+            after = outbox[0]
+            joins = after.batch is not None and after.trace is None
+            if not joins or after.epoch != item.epoch or after.interval != item.interval:
+                break
+            outbox.popleft()
+            assert after.batch is not None
+            parts.append(after.batch)
+            tickets.extend(after.tickets)
+            events += len(after.batch)
+        if len(parts) == 1:
+            return item
+        return _Outgoing(ShardBatch.concat(parts), tickets, item.epoch, item.interval)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.finishing.discard(task)
@@ -576,18 +695,20 @@ class Router:
         )
         self._barrier_saves.setdefault(item.barrier, []).append(saved)
 
-    async def _complete(self, answer: asyncio.Future[ShardOutput], item: _Outgoing) -> None:
+    async def _complete(
+        self,
+        answer: asyncio.Future[ShardOutput],
+        alerts: ray.ObjectRef[list[Alert]],
+        item: _Outgoing,
+    ) -> None:
         error: str | None = None
         try:
             output = await answer
             if item.epoch != self.epoch:
                 return  # answered after a recovery: the replay redoes this batch
             self._interval(item.interval).metrics.merge(output.metrics)
-            if output.alerts:
-                await self.alert_store.call(
-                    lambda: _persist.remote(self.settings, output.alerts, output.trace)
-                )
-                self._notify(output.alerts)
+            if output.alert_count:
+                await self._persist_alerts(alerts, output.trace)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
             if item.epoch != self.epoch:
                 return
@@ -620,8 +741,10 @@ class Router:
         latency_ms = (time.monotonic() - state.received) * 1000
         self.batch_latency = self.batch_latency + LatencyHistogram.of([latency_ms])
         self.ray_metrics.observe(self.ray_metrics.batch_seconds, latency_ms / 1000)
+        latency = interval.latency
+        empty = LatencyHistogram()
         for tenant, n in state.tenants.items():
-            interval.latency.setdefault(tenant, []).extend([latency_ms] * n)
+            latency[tenant] = latency.get(tenant, empty) + LatencyHistogram.repeated(latency_ms, n)
         if self.recoverable:
             interval.done.append(ticket)
         else:
@@ -699,12 +822,11 @@ class Router:
         # meanwhile: that recovery waits for this task and restores this very checkpoint,
         # and its replay skips what it covers.
         released = MetricDeltas()
-        latency: dict[str, list[float]] = {}
+        latency: dict[str, LatencyHistogram] = {}
         for number, interval in held.items():
             self.intervals.pop(number, None)
             released.merge(interval.metrics)
-            for tenant, values in interval.latency.items():
-                latency.setdefault(tenant, []).extend(values)
+            _merge_latency(latency, interval.latency)
         if epoch == self.epoch:
             self.completed_barrier, self.completed_position = barrier, position
             for interval in held.values():
@@ -1052,7 +1174,7 @@ class Router:
     async def _send_metrics(
         self,
         deltas: MetricDeltas | None = None,
-        latency: dict[str, list[float]] | None = None,
+        latency: dict[str, LatencyHistogram] | None = None,
     ) -> None:
         """Send metric deltas: the given ones (a completed barrier's), else everything
         pending (a pipeline without checkpoints)."""
@@ -1066,8 +1188,7 @@ class Router:
                     for interval in self.intervals.values():
                         deltas.merge(interval.metrics)
                         interval.metrics = MetricDeltas()
-                        for tenant, values in interval.latency.items():
-                            latency.setdefault(tenant, []).extend(values)
+                        _merge_latency(latency, interval.latency)
                         interval.latency = {}
                     for number in [b for b, i in self.intervals.items() if not i.open]:
                         del self.intervals[number]
@@ -1103,6 +1224,7 @@ class Router:
             "queued_batches": sum(len(b) for b in self.outbox.values()),
             "inflight_batches": sum(len(t) for t in self.inflight.values()),
             "persisting_batches": len(self.finishing),
+            "alert_writes": self._alert_writes.writes,
             "open_tickets": len(self.tickets),
             "epoch": self.epoch,
             "recovering": self._recovering,
@@ -1160,7 +1282,14 @@ class Router:
 # The guard retries store errors with backoff; Ray retrying them too would multiply attempts.
 # Ray still re-runs a task whose worker died (persisting is idempotent).
 _persist = persist_alerts.options(retry_exceptions=False)
+_persist_batches = persist_alert_batches.options(retry_exceptions=False)
 _load_state = load_checkpoint_state.options(retry_exceptions=False)
+
+
+def _merge_latency(into: dict[str, LatencyHistogram], latency: dict[str, LatencyHistogram]) -> None:
+    for tenant, histogram in latency.items():
+        held = into.get(tenant)
+        into[tenant] = histogram if held is None else held + histogram
 
 
 def _rising_id(after: int) -> int:

@@ -19,6 +19,13 @@ NAMESPACE = "rayworker"
 """The Ray namespace of rayworker's named actors (router, shards, metrics)."""
 
 
+SYSTEM_CONFIG: dict[str, object] = {"idle_worker_killing_time_threshold_ms": 300_000}
+"""Ray settings of a cluster started here (``k8s/`` and ``cluster.yaml`` set the same as
+``RAY_<name>`` variables): task workers idle for up to 5 minutes stay (Ray's default is 1 s
+above a soft limit of one per CPU, which the shard actors already fill), so the sink tasks
+of a pipeline with a quiet second do not pay a new worker process (1-2 s of CPU) each time."""
+
+
 def connect_ray(
     address: str | None = None, *, namespace: str = NAMESPACE, num_cpus: int | None = None
 ) -> str:
@@ -45,6 +52,7 @@ def connect_ray(
                 include_dashboard=False,
                 num_cpus=num_cpus,
                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
+                _system_config=SYSTEM_CONFIG,
                 **common,  # type: ignore[arg-type]
             )
         else:

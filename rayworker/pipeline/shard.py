@@ -60,6 +60,8 @@ class ShardOutput:
     busy_s: float = 0.0
     trace: Carrier | None = None
     """The context of the batch's ``rayworker.detect`` span (parent of its ``persist``)."""
+    alert_count: int = 0
+    """How many alerts :meth:`DetectorShard.process_apart` returned apart."""
 
 
 class DetectorShard:
@@ -147,6 +149,16 @@ class DetectorShard:
         if _log.isEnabledFor(logging.INFO):
             self._log_raised(output.alerts)
         return output
+
+    def process_apart(
+        self, batch: ShardBatch, trace: BatchTrace | None = None, epoch: int | None = None
+    ) -> tuple[list[Alert], ShardOutput]:
+        """:meth:`process`, with the alerts apart from the rest; called with two returns,
+        the router reads only the rest and hands the alerts' ObjectRef on to the sinks, so
+        the alerts (the bulk of an answer) are pickled once and never pass through it."""
+        output = self.process(batch, trace, epoch)
+        alerts, output.alerts, output.alert_count = output.alerts, [], len(output.alerts)
+        return alerts, output
 
     def _log_raised(self, alerts: list[Alert]) -> None:
         for alert in alerts:

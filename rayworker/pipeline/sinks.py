@@ -40,6 +40,7 @@ __all__ = [
     "flush_sink_telemetry",
     "latest_checkpoint",
     "load_checkpoint_state",
+    "persist_alert_batches",
     "persist_alerts",
     "prune_checkpoints",
     "record_error",
@@ -95,9 +96,21 @@ def persist_alerts(settings: Settings, alerts: list[Alert], trace: Carrier | Non
     """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed.
 
     ``trace``: the context of the shard's ``rayworker.detect`` span; the upsert runs in a
-    ``rayworker.persist`` span under it.
+    ``rayworker.persist`` span under it. ``alerts`` may be passed as the ObjectRef of a
+    shard's alerts (Ray hands the task the list).
     """
+    return _upsert(settings, alerts, trace)
 
+
+@ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
+def persist_alert_batches(settings: Settings, *batches: list[Alert]) -> int:
+    """Upsert several batches of alerts in one statement (the router's group commit); each
+    is usually the ObjectRef of one shard answer's alerts, so they go from the shards'
+    nodes straight to this worker, never through the router."""
+    return _upsert(settings, [alert for batch in batches for alert in batch], None)
+
+
+def _upsert(settings: Settings, alerts: list[Alert], trace: Carrier | None) -> int:
     async def run() -> int:
         store = await _alerts(settings)
         return await store.upsert(alerts)
@@ -130,9 +143,7 @@ def flush_sink_telemetry(settings: Settings) -> bool:
 
 
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
-def record_metrics(
-    settings: Settings, deltas: MetricDeltas, latencies_ms: dict[str, list[float]]
-) -> None:
+def record_metrics(settings: Settings, deltas: MetricDeltas, latencies_ms: LatencyInput) -> None:
     """Add one flush's metric deltas and latencies to Redis, in one pipelined round trip."""
 
     async def run() -> None:

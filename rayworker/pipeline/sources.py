@@ -53,9 +53,6 @@ class StreamBatches:
         # Rejections of entries up to here were dead-lettered already: a replay after a
         # recovery screens them again, identically, and must not write them twice.
         self._dead_lettered_upto = 0
-        # The entry of each line of the latest batch: the pump dead-letters a batch's rejects
-        # right after submitting it, before the next read.
-        self._latest: tuple[list[bytes], list[str]] = ([], [])
         self._lag_at = 0.0
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
@@ -78,9 +75,8 @@ class StreamBatches:
             lines.extend(entry.lines)
             owners.extend([entry.entry_id] * len(entry.lines))
         ids = [entry.entry_id for entry in entries]
-        self._latest = (lines, owners)
         position = max((stream_position(i) for i in ids), default=None)
-        return Batch(lines, ids or None, traces, position, isolated)
+        return Batch(lines, ids or None, traces, position, owners, isolated)
 
     async def replay(self, after: int, failures: Mapping[str, list[str]]) -> AsyncIterator[Batch]:
         """After a recovery: every pending entry above ``after``, in stream order.
@@ -158,12 +154,12 @@ class StreamBatches:
         await self.consumer.ack([entry for token in tokens for entry in token])
 
     async def dead_letter(
-        self, rejections: Sequence[Rejection], late: Sequence[LateEvent], lines: list[bytes]
+        self, rejections: Sequence[Rejection], late: Sequence[LateEvent], batch: Batch
     ) -> None:
-        """Write rejected and late events, with the entry each came from, to the dead letters."""
-        latest, owners = self._latest
-        if latest is not lines:
-            owners = []
+        """Write rejected and late events, with the entry each came from, to the dead letters.
+
+        Batches come in the order they were read (the pump takes receipts in order)."""
+        lines, owners = batch.lines, batch.owners or []
         records = list(rejections) + [_late_record(event, lines) for event in late]
         entries = [owners[r.index] if 0 <= r.index < len(owners) else None for r in records]
         upto = self._dead_lettered_upto

@@ -129,6 +129,13 @@ class LatencyHistogram:
         return cls(tuple(counts), total)
 
     @classmethod
+    def repeated(cls, ms: float, n: int) -> LatencyHistogram:
+        """The histogram of ``n`` equal latencies (a batch's events share their batch's)."""
+        counts = [0] * len(BUCKET_LABELS)
+        counts[bucket_index(ms)] = n
+        return cls(tuple(counts), ms * n if ms > 0 and math.isfinite(ms) else 0.0)
+
+    @classmethod
     def from_fields(cls, fields: Mapping[str, str | int | float]) -> LatencyHistogram:
         """Rebuild from stored fields (labels and ``sum``); missing fields count as 0."""
         counts = tuple(int(fields.get(label, 0)) for label in BUCKET_LABELS)

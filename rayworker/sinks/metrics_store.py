@@ -71,9 +71,10 @@ COUNTERS: Final[tuple[str, ...]] = (
 MAX_SERIES_MINUTES: Final = 7 * 24 * 60
 """The longest range :meth:`MetricsStore.series` answers in one call (7 days of minutes)."""
 
-LatencyInput = Sequence[float] | Mapping[str, Sequence[float]]
-"""Latencies in ms: a plain sequence counts overall only; a mapping tenant -> latencies counts
-per tenant and overall."""
+LatencyInput = Sequence[float] | Mapping[str, Sequence[float] | LatencyHistogram]
+"""Latencies in ms: a plain sequence counts overall only; a mapping tenant -> latencies (or
+their histogram, which is what a busy router sends: one latency per event would cost more to
+ship and bucket than detecting them) counts per tenant and overall."""
 
 _REJECTED: Final = "rejected:"
 _RULE: Final = "alerts:rule:"
@@ -297,11 +298,18 @@ class WritePlan:
             key = (name, scope)
             self.series[key] = self.series.get(key, 0) + n
 
-    def add_latency(self, tenant: str | None, latencies_ms: Sequence[float]) -> None:
-        """Count latencies for the tenant (if any) and overall."""
-        if not latencies_ms:
+    def add_latency(
+        self, tenant: str | None, latencies_ms: Sequence[float] | LatencyHistogram
+    ) -> None:
+        """Count latencies (or a histogram of them) for the tenant (if any) and overall."""
+        if isinstance(latencies_ms, LatencyHistogram):
+            if not latencies_ms.count:
+                return
+            counts, total = list(latencies_ms.counts), latencies_ms.sum_ms
+        elif not latencies_ms:
             return
-        counts, total = bucket_counts(latencies_ms)
+        else:
+            counts, total = bucket_counts(latencies_ms)
         scopes = (None,) if tenant is None else (tenant, None)
         for scope in scopes:
             old_counts, old_total = self.latency.get(scope, ([0] * len(counts), 0.0))
