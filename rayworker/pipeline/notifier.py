@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from rayworker.alerts import Alert
+from rayworker.alerts import Alert, PackedAlerts
 from rayworker.errors import ConfigError
 from rayworker.notify.config import NotifyConfig
 from rayworker.notify.service import Notifier
@@ -53,9 +53,14 @@ class NotifierActor:
         await self._ensure_started()
         return self.notifier.enqueue(alerts)
 
-    async def enqueue_batches(self, *batches: Sequence[Alert]) -> bool:
+    async def enqueue_batches(self, *batches: Sequence[Alert] | PackedAlerts) -> bool:
         """:meth:`enqueue` of several batches (each usually passed as an ObjectRef)."""
-        return await self.enqueue([alert for batch in batches for alert in batch])
+        alerts = [
+            alert
+            for batch in batches
+            for alert in (batch.unpack() if isinstance(batch, PackedAlerts) else batch)
+        ]
+        return await self.enqueue(alerts)
 
     async def stats(self) -> dict[str, Any]:
         """Queue, routing, grouping and delivery counters."""

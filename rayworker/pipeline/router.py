@@ -50,7 +50,7 @@ from typing import Any
 
 import ray
 
-from rayworker.alerts import Alert
+from rayworker.alerts import Alert, PackedAlerts
 from rayworker.checkpoint import ROUTER_OWNER, decode_state, encode_state, shard_owner
 from rayworker.detect import DetectorConfig, LateEvent, MetricDeltas
 from rayworker.errors import ConfigError, SinkError, StateError
@@ -560,7 +560,7 @@ class Router:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _notify(self, batches: list[list[Alert] | ray.ObjectRef[list[Alert]]]) -> None:
+    def _notify(self, batches: list[list[Alert] | ray.ObjectRef[PackedAlerts]]) -> None:
         """Hand persisted alerts (lists, or ObjectRefs of them) to the notifier without
         waiting: it queues them, or drops and counts them when its queue is full, so
         notifying never slows this router."""
@@ -568,7 +568,7 @@ class Router:
             self._notifier.enqueue_batches.remote(*batches)
 
     async def _persist_alerts(
-        self, alerts: list[Alert] | ray.ObjectRef[list[Alert]], trace: Carrier | None = None
+        self, alerts: list[Alert] | ray.ObjectRef[PackedAlerts], trace: Carrier | None = None
     ) -> None:
         """Persist alerts (a list, or the ObjectRef of a shard's), joined with others
         waiting (:mod:`~rayworker.pipeline.group_commit`), then hand them to the notifier.
@@ -580,7 +580,7 @@ class Router:
         await self.alert_store.call(lambda: _persist.remote(self.settings, alerts, trace))
         self._notify([alerts])
 
-    async def _write_alerts(self, batches: list[list[Alert] | ray.ObjectRef[list[Alert]]]) -> None:
+    async def _write_alerts(self, batches: list[list[Alert] | ray.ObjectRef[PackedAlerts]]) -> None:
         await self.alert_store.call(lambda: _persist_batches.remote(self.settings, *batches))
         self._notify(batches)
 
@@ -698,7 +698,7 @@ class Router:
     async def _complete(
         self,
         answer: asyncio.Future[ShardOutput],
-        alerts: ray.ObjectRef[list[Alert]],
+        alerts: ray.ObjectRef[PackedAlerts],
         item: _Outgoing,
     ) -> None:
         error: str | None = None

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from opentelemetry.trace import Link, SpanContext
 
-from rayworker.alerts import Alert
+from rayworker.alerts import Alert, PackedAlerts
 from rayworker.checkpoint import decode_state, encode_state
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
@@ -152,13 +152,13 @@ class DetectorShard:
 
     def process_apart(
         self, batch: ShardBatch, trace: BatchTrace | None = None, epoch: int | None = None
-    ) -> tuple[list[Alert], ShardOutput]:
+    ) -> tuple[PackedAlerts, ShardOutput]:
         """:meth:`process`, with the alerts apart from the rest; called with two returns,
         the router reads only the rest and hands the alerts' ObjectRef on to the sinks, so
-        the alerts (the bulk of an answer) are pickled once and never pass through it."""
+        the alerts (the bulk of an answer) are packed once and never pass through it."""
         output = self.process(batch, trace, epoch)
         alerts, output.alerts, output.alert_count = output.alerts, [], len(output.alerts)
-        return alerts, output
+        return PackedAlerts.pack(alerts), output
 
     def _log_raised(self, alerts: list[Alert]) -> None:
         for alert in alerts:

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from opentelemetry.trace import SpanKind
 
-from rayworker.alerts import Alert
+from rayworker.alerts import Alert, PackedAlerts
 from rayworker.checkpoint import Checkpoint
 from rayworker.detect import MetricDeltas
 from rayworker.errors import SinkError
@@ -92,22 +92,29 @@ def _telemetry(settings: Settings) -> bool:
 
 
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
-def persist_alerts(settings: Settings, alerts: list[Alert], trace: Carrier | None = None) -> int:
+def persist_alerts(
+    settings: Settings, alerts: list[Alert] | PackedAlerts, trace: Carrier | None = None
+) -> int:
     """Upsert a batch of alerts (idempotent by alert id); returns how many rows changed.
 
     ``trace``: the context of the shard's ``rayworker.detect`` span; the upsert runs in a
     ``rayworker.persist`` span under it. ``alerts`` may be passed as the ObjectRef of a
-    shard's alerts (Ray hands the task the list).
+    shard's packed alerts (Ray hands the task the object).
     """
-    return _upsert(settings, alerts, trace)
+    return _upsert(settings, unpacked(alerts), trace)
 
 
 @ray.remote(num_cpus=0.25, max_retries=3, retry_exceptions=_TRANSIENT)  # type: ignore[call-overload, untyped-decorator]
-def persist_alert_batches(settings: Settings, *batches: list[Alert]) -> int:
+def persist_alert_batches(settings: Settings, *batches: list[Alert] | PackedAlerts) -> int:
     """Upsert several batches of alerts in one statement (the router's group commit); each
     is usually the ObjectRef of one shard answer's alerts, so they go from the shards'
     nodes straight to this worker, never through the router."""
-    return _upsert(settings, [alert for batch in batches for alert in batch], None)
+    return _upsert(settings, [alert for batch in batches for alert in unpacked(batch)], None)
+
+
+def unpacked(alerts: list[Alert] | PackedAlerts) -> list[Alert]:
+    """The alerts of a list or of :class:`~rayworker.alerts.PackedAlerts`."""
+    return alerts.unpack() if isinstance(alerts, PackedAlerts) else alerts
 
 
 def _upsert(settings: Settings, alerts: list[Alert], trace: Carrier | None) -> int:
