@@ -13,7 +13,6 @@ the lag-driven :class:`~rayworker.autoscale.Autoscaler` when enabled): the pipel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -197,12 +196,16 @@ class Pump:
                 self.on_progress(self.stats)
             if self.stop is not None and self.stop.is_set():
                 break
-        # A router that died holding the last receipts shows in the drain below.
-        with contextlib.suppress(ray.exceptions.RayActorError):
-            await self._receive_all()
+        try:
+            received = await self._receive_all()
+        except ray.exceptions.RayActorError:
+            received = False  # the router died holding the last receipts
         if bounded:
             await router.finish.remote()
         elif self.driver.recoverable:
+            if not received:
+                # A failed ticket's entries are still pending: replay them before draining.
+                await self._recover()
             while True:
                 try:
                     await router.drain.remote()

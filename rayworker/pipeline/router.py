@@ -530,7 +530,12 @@ class Router:
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(0.005)
-        if self.recoverable and self.tickets_open():
+        # A barrier already running when this drain began covers only the tickets before
+        # it: checkpoint again until every ticket is released (bounded: a failing store
+        # leaves them to the next run's replay).
+        for _ in range(_QUIESCE_ATTEMPTS):
+            if not (self.recoverable and self.tickets_open()) or self.failed:
+                break
             await self._checkpoint_now()
         await self._send_metrics()
 

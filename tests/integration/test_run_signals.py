@@ -88,7 +88,7 @@ def test_signal_mid_stream_drains_acks_and_exits_zero(
 
     code, err, group, length = asyncio.run(scenario())
     assert code == 0, err
-    assert group["pending"] == 0
+    assert group["pending"] == 0, err
     assert 0 < group["entries-read"] < length
     assert f"stopped after {group['entries-read'] * PER_ENTRY:,} events" in err
     with sqlite3.connect(db) as conn:
