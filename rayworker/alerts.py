@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["Alert", "AlertBook", "PackedAlerts", "alert_id", "fingerprint", "iso_utc"]
+__all__ = ["Alert", "AlertBook", "PackedAlerts", "alert_id", "fingerprint", "iso_utc", "unpacked"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -154,6 +154,11 @@ class PackedAlerts:
 
     def __len__(self) -> int:
         return self.count
+
+
+def unpacked(alerts: list[Alert] | PackedAlerts) -> list[Alert]:
+    """The alerts of a list or of a :class:`PackedAlerts`."""
+    return alerts.unpack() if isinstance(alerts, PackedAlerts) else alerts
 
 
 class AlertBook:

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from rayworker.alerts import Alert, PackedAlerts
+from rayworker.alerts import Alert, PackedAlerts, unpacked
 from rayworker.errors import ConfigError
 from rayworker.notify.config import NotifyConfig
 from rayworker.notify.service import Notifier
@@ -53,14 +53,9 @@ class NotifierActor:
         await self._ensure_started()
         return self.notifier.enqueue(alerts)
 
-    async def enqueue_batches(self, *batches: Sequence[Alert] | PackedAlerts) -> bool:
+    async def enqueue_batches(self, *batches: list[Alert] | PackedAlerts) -> bool:
         """:meth:`enqueue` of several batches (each usually passed as an ObjectRef)."""
-        alerts = [
-            alert
-            for batch in batches
-            for alert in (batch.unpack() if isinstance(batch, PackedAlerts) else batch)
-        ]
-        return await self.enqueue(alerts)
+        return await self.enqueue([alert for batch in batches for alert in unpacked(batch)])
 
     async def stats(self) -> dict[str, Any]:
         """Queue, routing, grouping and delivery counters."""

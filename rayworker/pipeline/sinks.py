@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from opentelemetry.trace import SpanKind
 
-from rayworker.alerts import Alert, PackedAlerts
+from rayworker.alerts import Alert, PackedAlerts, unpacked
 from rayworker.checkpoint import Checkpoint
 from rayworker.detect import MetricDeltas
 from rayworker.errors import SinkError
@@ -110,11 +110,6 @@ def persist_alert_batches(settings: Settings, *batches: list[Alert] | PackedAler
     is usually the ObjectRef of one shard answer's alerts, so they go from the shards'
     nodes straight to this worker, never through the router."""
     return _upsert(settings, [alert for batch in batches for alert in unpacked(batch)], None)
-
-
-def unpacked(alerts: list[Alert] | PackedAlerts) -> list[Alert]:
-    """The alerts of a list or of :class:`~rayworker.alerts.PackedAlerts`."""
-    return alerts.unpack() if isinstance(alerts, PackedAlerts) else alerts
 
 
 def _upsert(settings: Settings, alerts: list[Alert], trace: Carrier | None) -> int:

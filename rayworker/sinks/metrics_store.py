@@ -36,7 +36,7 @@ from typing import Final, Protocol
 
 from rayworker.detect import MetricDeltas
 from rayworker.sinks.alert_store import QueryError
-from rayworker.sinks.histogram import LatencyHistogram, bucket_counts
+from rayworker.sinks.histogram import LatencyHistogram
 
 __all__ = [
     "COUNTERS",
@@ -302,14 +302,14 @@ class WritePlan:
         self, tenant: str | None, latencies_ms: Sequence[float] | LatencyHistogram
     ) -> None:
         """Count latencies (or a histogram of them) for the tenant (if any) and overall."""
-        if isinstance(latencies_ms, LatencyHistogram):
-            if not latencies_ms.count:
-                return
-            counts, total = list(latencies_ms.counts), latencies_ms.sum_ms
-        elif not latencies_ms:
+        histogram = (
+            latencies_ms
+            if isinstance(latencies_ms, LatencyHistogram)
+            else LatencyHistogram.of(latencies_ms)
+        )
+        if not histogram.count:
             return
-        else:
-            counts, total = bucket_counts(latencies_ms)
+        counts, total = list(histogram.counts), histogram.sum_ms
         scopes = (None,) if tenant is None else (tenant, None)
         for scope in scopes:
             old_counts, old_total = self.latency.get(scope, ([0] * len(counts), 0.0))
