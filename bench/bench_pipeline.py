@@ -12,10 +12,12 @@ Measured in one run, so the ratios hold on a noisy machine:
 (c) event -> alert-persisted latency p50/p99 at an offered rate (default 20k events/s),
     measured per read batch from XADD time to acknowledgement;
 (d) load imbalance (max/mean events per shard) with 8 shards on the Zipf workload, with
-    round-robin key groups and with a load-aware plan made from another sample
-    (`rayworker shards plan`), from the router's own partitioning (pure: no Ray needed).
+    round-robin key groups, with the live load balance the pipeline runs by default, and
+    with a load-aware plan made from another sample (`rayworker shards plan`), from the
+    router's own partitioning (pure: no Ray needed).
 
 Run: .venv/bin/python bench/bench_pipeline.py [--events 1000000] [--shards 2]
+     [--imbalance-only]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import redis.asyncio as aioredis
 
+from rayworker.balance import BalancePolicy, LoadBalancer
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
@@ -154,17 +157,41 @@ async def pipeline_rate(
     return len(lines) / elapsed, latencies
 
 
-def imbalance(events: int, shards: int) -> tuple[float, float]:
+def imbalance(events: int, shards: int) -> dict[str, float]:
     """(d) max/mean events per shard under the router's partitioning, Zipf tenants.
 
-    Round-robin key groups, and a load-aware plan (``rayworker shards plan``) made from a
-    different sample of the same fleet (another seed: another day's traffic), so the plan is
-    judged on traffic it never saw.
+    Three layouts: round-robin key groups; the default, round-robin with the live load
+    balance (:class:`~rayworker.balance.LoadBalancer` with the settings' default policy,
+    judged every 20,000 events as if each read were ``check_every_s`` apart, moving key
+    groups when it says so, as the pump does); and a load-aware plan (``rayworker shards
+    plan``) made from a different sample of the same fleet (another seed: another day's
+    traffic), so that plan is judged on traffic it never saw.
     """
 
     def workload(seed: int) -> list[bytes]:
         config = SyntheticConfig(events=events, tenants=100, zipf_a=1.1, seed=seed)
         return list(generate(config))
+
+    def route(assignment: Assignment, balancer: LoadBalancer | None) -> tuple[float, float, int]:
+        router = Partitioner(builtin_pack(), assignment, DetectorConfig(max_future_s=None))
+        per_shard = np.zeros(shards)
+        since = np.zeros(shards)
+        moved_at = -1
+        for n, i in enumerate(range(0, len(lines), 20_000)):
+            for shard, sub in router.split_lines(lines[i : i + 20_000]).shards.items():
+                per_shard[shard] += len(sub)
+                since[shard] += len(sub)
+            if balancer is None:
+                continue
+            now = n * balancer.policy.check_every_s
+            planned = balancer.observe(now, router.assignment, router.load)
+            if planned is not None:
+                router.reassign(planned)
+                balancer.changed(now, router.load)
+                since[:] = 0
+                moved_at = i + 20_000
+        after = float(since.max() / since.mean()) if since.sum() else float("nan")
+        return float(per_shard.max() / per_shard.mean()), after, moved_at
 
     history = workload(12)
     plan = plan_shards(
@@ -174,15 +201,16 @@ def imbalance(events: int, shards: int) -> tuple[float, float]:
         groups=256,
     )
     lines = workload(11)
-    ratios = []
-    for assignment in (Assignment.balanced(shards), plan.assignment):
-        router = Partitioner(builtin_pack(), assignment, DetectorConfig(max_future_s=None))
-        per_shard = np.zeros(shards)
-        for i in range(0, len(lines), 20_000):
-            for shard, sub in router.split_lines(lines[i : i + 20_000]).shards.items():
-                per_shard[shard] += len(sub)
-        ratios.append(float(per_shard.max() / per_shard.mean()))
-    return ratios[0], ratios[1]
+    round_robin, _, _ = route(Assignment.balanced(shards), None)
+    live, after, moved_at = route(Assignment.balanced(shards), LoadBalancer(BalancePolicy()))
+    planned, _, _ = route(plan.assignment, None)
+    return {
+        "round_robin": round_robin,
+        "live": live,
+        "live_after": after,
+        "moved_at": float(moved_at),
+        "planned": planned,
+    }
 
 
 def main() -> None:
@@ -192,7 +220,11 @@ def main() -> None:
     parser.add_argument("--latency-events", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=20_000.0)
     parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--imbalance-only", action="store_true", help="only (d); no Ray")
     args = parser.parse_args()
+    if args.imbalance_only:
+        print_imbalance(min(args.events, 300_000))
+        return
     config = SyntheticConfig(events=args.events, tenants=100, principals=10_000, seed=5)
     lines = list(generate(config))
     print(f"{len(lines):,} synthetic events, {args.shards} shards, {os.cpu_count()} cores")
@@ -258,10 +290,22 @@ def main() -> None:
         f"(c) latency at {args.rate:,.0f} events/s offered: "
         f"p50 {p50:,.0f} ms, p99 {p99:,.0f} ms (target p99 <= 250)"
     )
-    round_robin, planned = imbalance(min(args.events, 300_000), 8)
-    print("(d) imbalance, 8 shards, Zipf tenants, max/mean events per shard (target <= 1.25):")
-    print(f"    round-robin key groups:             {round_robin:.3f}")
-    print(f"    load-aware plan from other traffic: {planned:.3f}")
+    print_imbalance(min(args.events, 300_000))
+
+
+def print_imbalance(events: int) -> None:
+    """Print (d)."""
+    d = imbalance(events, 8)
+    print(
+        f"(d) imbalance, 8 shards, {events:,} Zipf-tenant events, max/mean events per shard "
+        "(target <= 1.25):"
+    )
+    print(f"    round-robin key groups, never moved:       {d['round_robin']:.3f}")
+    print(
+        f"    round-robin + live balance (the default):  {d['live']:.3f} over the run; "
+        f"{d['live_after']:.3f} after it moved key groups at event {d['moved_at']:,.0f}"
+    )
+    print(f"    load-aware plan from other traffic:        {d['planned']:.3f}")
 
 
 if __name__ == "__main__":

@@ -286,26 +286,27 @@ def _millis(entry_id: str) -> int:
 
 def drill_settings(redis_url: str, alerts_dsn: str, name: str, **extra: Any) -> Settings:
     """Settings of a drill pipeline: its own stream keys, metrics prefix and Ray namespace
-    (all derived from ``name``), 2 shards, small batches and a checkpoint every 0.5 s."""
-    return load_settings(
-        alerts_dsn=alerts_dsn,
-        metrics_url=redis_url,
-        metrics_prefix=f"rwdrill-{name}",
-        stream_url=redis_url,
-        stream_key=f"rwdrill:{name}:events",
-        dead_letter_stream=f"rwdrill:{name}:dead",
-        consumer_group="chaos",
-        consumer_name="driver",
-        ray_namespace=f"rwdrill-{name}",
-        shards=2,
-        flush_events=1000,
-        linger_ms=5,
-        read_count=20,
-        block_ms=20,
-        checkpoint_interval_s=0.5,
-        recovery_timeout_s=60,
-        **extra,
-    )
+    (all derived from ``name``), 2 shards, small batches and a checkpoint every 0.5 s;
+    ``extra`` overrides any of them."""
+    defaults: dict[str, Any] = {
+        "alerts_dsn": alerts_dsn,
+        "metrics_url": redis_url,
+        "metrics_prefix": f"rwdrill-{name}",
+        "stream_url": redis_url,
+        "stream_key": f"rwdrill:{name}:events",
+        "dead_letter_stream": f"rwdrill:{name}:dead",
+        "consumer_group": "chaos",
+        "consumer_name": "driver",
+        "ray_namespace": f"rwdrill-{name}",
+        "shards": 2,
+        "flush_events": 1000,
+        "linger_ms": 5,
+        "read_count": 20,
+        "block_ms": 20,
+        "checkpoint_interval_s": 0.5,
+        "recovery_timeout_s": 60,
+    }
+    return load_settings(**{**defaults, **extra})
 
 
 def drill_workload(events: int, *, tenants: int = 30, seed: int = 3) -> list[bytes]:

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from rayworker.autoscale import AutoscalePolicy
+from rayworker.balance import BalancePolicy
 from rayworker.errors import ConfigError
 from rayworker.integrity import IntegrityConfig, Policy
 
@@ -253,6 +254,10 @@ class Settings(BaseSettings):
     autoscale: AutoscalePolicy = Field(
         default_factory=AutoscalePolicy,
         description="add or remove shards from the consumer lag (off by default)",
+    )
+    balance: BalancePolicy = Field(
+        default_factory=BalancePolicy,
+        description="move key groups between shards when the routed load is uneven",
     )
     poison_attempts: int = Field(
         3, ge=1, description="an entry whose processing failed this often is dead-lettered"

@@ -44,7 +44,7 @@ class ShardPlan:
     """Key groups that moved away from round-robin."""
 
 
-def imbalance(assignment: Assignment, load: npt.NDArray[np.int64]) -> float:
+def imbalance(assignment: Assignment, load: npt.NDArray[np.number[Any]]) -> float:
     """max/mean load per shard (1.0 is perfect) under ``assignment``."""
     owner = np.asarray(assignment.owner, dtype=np.int64)
     shards = np.asarray(assignment.shards, dtype=np.int64)

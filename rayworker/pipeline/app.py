@@ -27,6 +27,7 @@ import ray
 from opentelemetry.trace import SpanKind
 
 from rayworker.autoscale import Autoscaler
+from rayworker.balance import LoadBalancer
 from rayworker.checkpoint import ROUTER_OWNER, decode_state
 from rayworker.detect import DetectorConfig, MetricDeltas
 from rayworker.errors import ConfigError, SinkError
@@ -268,6 +269,15 @@ class Pipeline:
         self.assignment = Assignment.from_json(await self.router.assignment.remote())
         return info
 
+    async def rebalance(self, assignment: Assignment) -> dict[str, Any]:
+        """Hand key groups over to ``assignment`` (planned from the current one, over the
+        same shards) with their state; call it between batches (the pump does)."""
+        info: dict[str, Any] = await self.router.rescale.remote(
+            {}, sorted(self.shards), None, assignment.to_json()
+        )
+        self.assignment = Assignment.from_json(await self.router.assignment.remote())
+        return info
+
     async def _warm_sinks(self) -> None:
         """Start the sink workers and open their stores now, not under the first alerts.
 
@@ -318,6 +328,7 @@ class Pipeline:
         enable it.
         """
         policy = self.settings.autoscale
+        balance = self.settings.balance
         pump = Pump(
             self,
             ack=ack,
@@ -327,6 +338,7 @@ class Pipeline:
             replay=replay,
             autoscaler=Autoscaler(policy) if policy.enabled else None,
             lag=lag,
+            balancer=LoadBalancer(balance) if balance.enabled else None,
         )
         return await pump.run(batches, bounded=bounded)
 

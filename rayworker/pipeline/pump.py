@@ -24,11 +24,13 @@ from typing import Any, Protocol
 import ray
 
 from rayworker.autoscale import Autoscaler
+from rayworker.balance import LoadBalancer
 from rayworker.detect import LateEvent
 from rayworker.errors import ConfigError
 from rayworker.events import Rejection
 from rayworker.ingest.redis_streams import IngestError, StreamConsumer
 from rayworker.pipeline.router import Receipt
+from rayworker.routing import Assignment
 from rayworker.telemetry.propagation import Carrier
 
 __all__ = [
@@ -92,6 +94,8 @@ class PumpStats:
     failed: int = 0
     recoveries: int = 0
     rescales: int = 0
+    rebalances: int = 0
+    """Load balances that moved key groups (:class:`~rayworker.balance.LoadBalancer`)."""
     started: float = field(default_factory=time.perf_counter)
     elapsed_s: float = 0.0
 
@@ -122,6 +126,8 @@ class Driver(Protocol):
 
     async def rescale(self, shards: int, request: int | None = None) -> dict[str, Any]: ...
 
+    async def rebalance(self, assignment: Assignment) -> dict[str, Any]: ...
+
 
 def blames(error: str, isolated: bool) -> bool:
     """Whether a failed ticket's error counts against its entries (towards poison).
@@ -150,6 +156,7 @@ class Pump:
         replay: Replay | None = None,
         autoscaler: Autoscaler | None = None,
         lag: Lag | None = None,
+        balancer: LoadBalancer | None = None,
     ) -> None:
         if driver.recoverable and replay is None:
             msg = "a recoverable pipeline needs a source that can replay (a Redis Stream)"
@@ -162,6 +169,7 @@ class Pump:
         self.replay = replay
         self.autoscaler = autoscaler if lag is not None else None
         self.lag = lag
+        self.balancer = balancer
         self.stats = PumpStats()
         self.tokens: dict[int, Any] = {}
         self.traces: dict[int, Carrier] = {}
@@ -169,6 +177,7 @@ class Pump:
         self.isolated: set[int] = set()
         self._scale_checked = time.monotonic()
         self._lag_checked = time.monotonic()
+        self._load_checked = time.monotonic()
         self.in_flight: deque[tuple[Batch, Awaitable[Any]]] = deque()
         """Submitted batches whose receipts were not taken yet, oldest first."""
         self._submits = uuid.uuid4().hex
@@ -355,7 +364,7 @@ class Pump:
             self._lag_checked = now
             target = scaler.observe(now, await lag(), len(self.driver.shards))
         if target is None:
-            return True
+            return await self._maybe_rebalance()
         try:
             if not await self._receive_all():
                 return False
@@ -367,6 +376,42 @@ class Pump:
             self.autoscaler.changed(time.monotonic())
         if info.get("moved_key_groups"):
             self.stats.rescales += 1
+        return await self._settle()
+
+    async def _maybe_rebalance(self) -> bool:
+        """Hand key groups over when the balancer finds the shards' load uneven; False if
+        the hand-off failed (the caller recovers, which goes back to the old layout)."""
+        balancer, now = self.balancer, time.monotonic()
+        if balancer is None or now - self._load_checked < balancer.policy.check_every_s:
+            return True
+        self._load_checked = now
+        try:
+            layout, load = await self.driver.router.load.remote()
+        except ray.exceptions.RayActorError:
+            return False
+        planned = balancer.observe(now, Assignment.from_json(layout), load)
+        if planned is None:
+            return True
+        try:
+            if not await self._receive_all():
+                return False
+            info = await self.driver.rebalance(planned)
+        except ray.exceptions.RayError as exc:
+            _log.warning("load balance failed: %s", exc)
+            return False
+        balancer.changed(time.monotonic(), load)
+        last = balancer.last
+        _log.warning(
+            "balanced shard load: max/mean %.2f -> %.2f over %d event copies; %s key groups "
+            "moved, ingest paused %s s",
+            last["imbalance"],
+            last["planned"],
+            last["events"],
+            info.get("moved_key_groups"),
+            info.get("paused_s"),
+        )
+        if info.get("moved_key_groups"):
+            self.stats.rebalances += 1
         return await self._settle()
 
 

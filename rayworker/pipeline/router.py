@@ -959,6 +959,11 @@ class Router:
         """The key-group assignment routed by now (:meth:`Assignment.to_json`)."""
         return self.partitioner.assignment.to_json()
 
+    async def load(self) -> tuple[dict[str, Any], list[int]]:
+        """The assignment routed by now and the event copies routed to each key group since
+        this router started (:attr:`~rayworker.partition.Partitioner.load`)."""
+        return self.partitioner.assignment.to_json(), self.partitioner.load.tolist()
+
     async def request_scale(self, shards: int) -> int:
         """Ask the driver for ``shards`` shards; returns a request number for
         :meth:`scale_result`. The driver polls :meth:`pending_scale`, starts or stops shard
@@ -992,10 +997,17 @@ class Router:
             self.scaling.target = None
 
     async def rescale(
-        self, added: dict[int, Any], keep: list[int], request: int | None = None
+        self,
+        added: dict[int, Any],
+        keep: list[int],
+        request: int | None = None,
+        target: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Move key groups, with their state, so that shards ``keep`` plus the new ``added``
         own them all; shards not among them give theirs away (the driver stops them after).
+        ``target``: the assignment to move to (a load balance,
+        :class:`~rayworker.balance.LoadBalancer`), planned from the current one; without it,
+        round-robin over the shards.
 
         Ingest pauses: every batch submitted so far is processed and checkpointed (a
         complete checkpoint also makes the hand-off safe: a crash during it recovers to the
@@ -1013,7 +1025,7 @@ class Router:
         self.scaling.resumed.clear()
         started = time.monotonic()
         try:
-            info = await self._rescale(added, keep, started)
+            info = await self._rescale(added, keep, started, target)
         except Exception as exc:
             if request is not None and request == self.scaling.request:
                 self.scaling.attempts += 1
@@ -1055,15 +1067,22 @@ class Router:
         raise StateError(msg)
 
     async def _rescale(
-        self, added: dict[int, Any], keep: list[int], started: float
+        self,
+        added: dict[int, Any],
+        keep: list[int],
+        started: float,
+        target: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         epoch = self.epoch
         await self._quiesce()
         paused = time.monotonic()
         old = self.partitioner.assignment
-        new = old.rebalance(sorted(set(keep) | set(added)))
-        moves = old.moves(new)
         handles = {**self.shards, **added}
+        if target is None:
+            new = old.rebalance(sorted(set(keep) | set(added)))
+        else:
+            new = self._planned(old, Assignment.from_json(target), set(handles))
+        moves = old.moves(new)
         # Shards of a pipeline without checkpoints hold no epoch (None skips the check).
         shard_epoch = epoch if self.recoverable else None
         if self.recoverable:
@@ -1114,6 +1133,21 @@ class Router:
             "checkpoint_s": round(time.monotonic() - handed, 3),
             "paused_s": round(time.monotonic() - started, 3),
         }
+
+    @staticmethod
+    def _planned(old: Assignment, new: Assignment, shards: set[int]) -> Assignment:
+        """``new``, if it was planned from ``old`` and names only running shards."""
+        if new.version != old.version + 1 or new.groups != old.groups:
+            msg = (
+                f"the planned assignment (version {new.version}) was not made from the "
+                f"current one (version {old.version}); plan again from the current load"
+            )
+            raise StateError(msg)
+        unknown = sorted(set(new.shards) - shards)
+        if unknown:
+            msg = f"the planned assignment names shards {unknown} that are not running"
+            raise StateError(msg)
+        return new
 
     async def _watch_shards(self, epoch: int) -> None:
         """Report a shard that restarted (or died) while no batch went to it: without this,

@@ -272,3 +272,39 @@ def test_the_autoscaler_adds_shards_when_the_lag_stays_high(
     assert report.router["shards"] == [0, 1, 2]
     assert report.stored == report.expected
     assert (report.lost, report.duplicates) == (0, 0)
+
+
+def test_the_load_balance_moves_key_groups_and_keeps_alerts_exact(
+    ray_cluster: str, live_redis_url: str, pg_dsn: str
+) -> None:
+    """With a balance policy that judges early and a low trigger, the pump moves key groups
+    between the running shards by itself, once (the cooldown holds the next move back), with
+    their state: the stored alerts still equal one detector's over the stream."""
+    policy = {
+        "trigger": 1.02,
+        "tolerance": 1.0,
+        "min_events": 20_000,
+        "check_every_s": 0.25,
+        "cooldown_s": 600,
+    }
+    settings = drill_settings(
+        live_redis_url, pg_dsn, secrets.token_hex(5), shard_cpus=0.25, shards=3, balance=policy
+    )
+    lines = drill_workload(120_000, seed=21)
+
+    def plan(report: DrillReport) -> FaultPlan:
+        async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
+            return None
+
+        return strike
+
+    report = asyncio.run(run_drill(settings, lines, plan, rate=8_000.0))
+    assert report.pump is not None
+    print(f"router: {report.router}")
+    assert report.pump.rebalances == 1
+    assert report.pump.rescales == 0
+    assert report.router["shards"] == [0, 1, 2]
+    assert report.router["assignment_version"] == 1
+    assert report.acked_uncovered == []
+    assert report.stored == report.expected
+    assert (report.lost, report.duplicates) == (0, 0)
