@@ -50,6 +50,9 @@ SUBMITS_IN_FLIGHT = 2
 for the router to screen one while the driver reads the next."""
 _SCALE_POLL_S = 1.0
 """How often the pump asks the router for a scale request (``rayworker scale``)."""
+_ACK_WAIT_S = 0.25
+"""How long one wait for finished tickets lasts (:meth:`Router.wait_completed`); bounds how
+long the end of a run waits for the acknowledger to stop."""
 
 Ack = Callable[[Sequence[Any]], Awaitable[None]]
 DeadLetter = Callable[[Sequence[Rejection], Sequence[LateEvent], "Batch"], Awaitable[None]]
@@ -183,6 +186,18 @@ class Pump:
         self._submits = uuid.uuid4().hex
         """This pump's submit stream (a new one after each recovery), numbered from 0."""
         self._submitted = 0
+        self._early: dict[int, str | None] = {}
+        """Tickets heard of as finished before their receipt was taken (the acknowledger
+        can hear of one before the feed loop does): None if done, else the error."""
+        self._received_upto = -1
+        """The highest ticket whose receipt was taken since the last recovery."""
+        self._recovering = False
+        self._generation = 0
+        """Grows when a recovery begins: finished tickets heard of before it are stale."""
+        self._failed_meanwhile = False
+        self._ack_error: Exception | None = None
+        self._sent = asyncio.Event()
+        self._acking = True
 
     async def run(self, batches: AsyncIterator[Batch], *, bounded: bool = False) -> PumpStats:
         """Feed batches until the source ends or ``stop`` is set; then drain.
@@ -195,16 +210,13 @@ class Pump:
         router = self.driver.router
         if self.driver.recoverable:
             await self._recover()
-        async for batch in batches:
-            fed = await self._feed(batch)
-            if not self.driver.recoverable:
-                await self._maybe_rescale()
-            elif not fed or not await self._maybe_rescale():
-                await self._recover()
-            if self.on_progress is not None:
-                self.on_progress(self.stats)
-            if self.stop is not None and self.stop.is_set():
-                break
+        acknowledger = asyncio.create_task(self._acknowledge())
+        try:
+            await self._feed_all(batches)
+        finally:
+            self._acking = False
+            self._sent.set()
+            await acknowledger
         try:
             received = await self._receive_all()
         except ray.exceptions.RayActorError:
@@ -229,6 +241,50 @@ class Pump:
         self.stats.elapsed_s = time.perf_counter() - self.stats.started
         return self.stats
 
+    async def _feed_all(self, batches: AsyncIterator[Batch]) -> None:
+        async for batch in batches:
+            fed = await self._feed(batch)
+            if self._ack_error is not None:
+                raise self._ack_error
+            if self._failed_meanwhile:  # the acknowledger heard of a failed ticket
+                self._failed_meanwhile, fed = False, False
+            if not self.driver.recoverable:
+                await self._maybe_rescale()
+            elif not fed or not await self._maybe_rescale():
+                await self._recover()
+            if self.on_progress is not None:
+                self.on_progress(self.stats)
+            if self.stop is not None and self.stop.is_set():
+                break
+
+    async def _acknowledge(self) -> None:
+        """Acknowledge tickets as they finish, while the feed loop waits on its source.
+
+        Without this a finished ticket waits for the feed loop's next read (up to
+        ``block_ms``) to be acknowledged. Finished tickets heard of from a wait that began
+        before a recovery are dropped: the recovery's replay settles their entries.
+        """
+        router = self.driver.router
+        while self._acking:
+            if self._recovering or not (self.tokens or self.in_flight):
+                self._sent.clear()
+                await self._sent.wait()
+                continue
+            generation = self._generation
+            try:
+                done, failed = await router.wait_completed.remote(_ACK_WAIT_S)
+            except ray.exceptions.RayError:
+                await asyncio.sleep(_ACK_WAIT_S)  # the feed loop notices and recovers
+                continue
+            if generation != self._generation or self._recovering:
+                continue
+            try:
+                if not await self._finished(done, failed):
+                    self._failed_meanwhile = True
+            except Exception as exc:  # noqa: BLE001 - the feed loop raises it, as its own acks do
+                self._ack_error = exc
+                return
+
     async def _settle(self) -> bool:
         """Acknowledge what finished; False if something failed (recover, then)."""
         done, failed = await self.driver.router.completed.remote()
@@ -237,6 +293,16 @@ class Pump:
     async def _finished(self, done: list[int], failed: list[tuple[int, str]]) -> bool:
         """Acknowledge the finished tickets and forget the failed ones (their entries are
         delivered again); False if any failed."""
+        # A ticket above the last receipt taken finished before its receipt arrived:
+        # :meth:`_receive` settles it then.
+        for t in done:
+            if t > self._received_upto:
+                self._early[t] = None
+        for t, error in failed:
+            if t > self._received_upto:
+                self._early[t] = error
+        done = [t for t in done if t <= self._received_upto]
+        failed = [(t, e) for t, e in failed if t <= self._received_upto]
         acked = [t for t in done if self.tokens.get(t) is not None]
         acks = [self.tokens.pop(t) for t in done if t in self.tokens]
         acks = [a for a in acks if a is not None]
@@ -267,6 +333,7 @@ class Pump:
         else:
             sent = self.driver.router.submit.remote(batch.lines, None, None, batch.position, order)
         self.in_flight.append((batch, sent))
+        self._sent.set()
 
     async def _receive(self) -> bool:
         """Take the oldest receipt: dead-letter its rejects, remember its token and
@@ -286,9 +353,17 @@ class Pump:
         if self.dead_letter is not None and (receipt.rejections or receipt.late):
             await self.dead_letter(receipt.rejections, receipt.late, batch)
         self.tokens[receipt.ticket] = batch.token
+        self._received_upto = max(self._received_upto, receipt.ticket)
         if batch.isolated:
             self.isolated.add(receipt.ticket)
-        return await self._finished(receipt.done, receipt.failed)
+        done, failed = list(receipt.done), list(receipt.failed)
+        if receipt.ticket in self._early:
+            error = self._early.pop(receipt.ticket)
+            if error is None:
+                done.append(receipt.ticket)
+            else:
+                failed.append((receipt.ticket, error))
+        return await self._finished(done, failed)
 
     async def _receive_all(self) -> bool:
         """Take every outstanding receipt; False if any reported a failure."""
@@ -324,6 +399,15 @@ class Pump:
     async def _recover(self) -> None:
         """Restore from the last checkpoint and replay until a replay gets through."""
         assert self.replay is not None
+        self._recovering = True
+        self._generation += 1
+        try:
+            await self._recover_and_replay(self.replay)
+        finally:
+            self._recovering = False
+            self._sent.set()
+
+    async def _recover_and_replay(self, replay: Replay) -> None:
         while True:
             # Receipts still on their way belong to the epoch being abandoned (their
             # tickets never finish); the replay submits their entries again.
@@ -335,9 +419,11 @@ class Pump:
             self.tokens.clear()
             self.isolated.clear()
             self.traces.clear()
+            self._early.clear()
+            self._received_upto = -1
             self.stats.recoveries += 1
             replayed = True
-            async for batch in self.replay(info["position"], self.failures):
+            async for batch in replay(info["position"], self.failures):
                 if not await self._feed(batch):
                     replayed = False
                     break

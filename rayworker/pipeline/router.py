@@ -7,7 +7,8 @@ Flow of one *ticket* (one batch handed to :meth:`Router.submit`, e.g. one XREADG
    into per-shard parts.
 2. Parts wait in a per-shard buffer, which is flushed as one columnar
    :class:`~rayworker.partition.ShardBatch` once it holds ``flush_events`` events or its
-   oldest part has waited ``linger_ms``.
+   oldest part has waited ``linger_ms``, and at once while the shard has nothing in flight
+   (Nagle's rule: waiting only pays while the shard is busy).
 3. Flushed batches queue in a per-shard outbox; one sender per shard sends them in order,
    with at most ``max_inflight`` unanswered. Because only the sender sends, and it sends in
    outbox order, every key's events reach its shard in arrival order. :meth:`submit` waits
@@ -220,7 +221,7 @@ class _Buffer:
 class Router:
     """See the module docstring. Runs as an async Ray actor (:func:`start_router`)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0915 - the actor's whole state, set up in one place
         self,
         settings: Settings,
         pack: RulePack,
@@ -274,6 +275,8 @@ class Router:
         self.tickets: dict[int, _Ticket] = {}
         self.done: list[int] = []
         self.failed: list[tuple[int, str]] = []
+        self._released = asyncio.Event()
+        """Set when a ticket is released to :meth:`completed` (done or failed)."""
         self.sent: Counter[int] = Counter()
         self.counts: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
@@ -468,7 +471,11 @@ class Router:
                 buffer.traces.append(route)
                 if traced_events:
                     buffer.traced_events.update(traced_events)
-            if buffer.events >= self.flush_events:
+            # Nagle's rule: buffering only pays while the shard is busy (its batches then
+            # grow up to flush_events); an idle shard gets the events now, not after
+            # linger_ms.
+            idle = not self.inflight[shard] and not self.outbox[shard]
+            if idle or buffer.events >= self.flush_events:
                 self._flush(shard)
         if part.alerts:
             # Integrity alerts are raised here, while screening; the ticket is done (and its
@@ -509,6 +516,22 @@ class Router:
         In a recoverable pipeline a ticket is *done* only once a complete checkpoint covers
         it, so its entries may be acknowledged.
         """
+        return self._take_finished()
+
+    async def wait_completed(self, timeout_s: float) -> tuple[list[int], list[tuple[int, str]]]:
+        """:meth:`completed`, once a ticket is released or ``timeout_s`` passed.
+
+        The driver waits on this while its source is quiet, so entries are acknowledged as
+        soon as their alerts are persisted rather than after its next read. Returns nothing
+        if a recovery began meanwhile: tickets of an abandoned epoch are the replay's.
+        """
+        epoch = self.epoch
+        if not (self.done or self.failed):
+            self._released.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), timeout_s)
+        if epoch != self.epoch or self._recovering:
+            return [], []
         return self._take_finished()
 
     def _take_finished(self) -> tuple[list[int], list[tuple[int, str]]]:
@@ -742,6 +765,7 @@ class Router:
         if state.failed:
             interval.failed += 1
             self.failed.append((ticket, state.error or "failed"))
+            self._released.set()
             return
         latency_ms = (time.monotonic() - state.received) * 1000
         self.batch_latency = self.batch_latency + LatencyHistogram.of([latency_ms])
@@ -754,6 +778,7 @@ class Router:
             interval.done.append(ticket)
         else:
             self.done.append(ticket)
+            self._released.set()
 
     # --- checkpoints and recovery -----------------------------------------------------------
 
@@ -836,6 +861,7 @@ class Router:
             self.completed_barrier, self.completed_position = barrier, position
             for interval in held.values():
                 self.done.extend(interval.done)
+            self._released.set()
         await self._send_metrics(released, latency)
         # Old checkpoints left by a failed prune go at the next barrier's.
         with contextlib.suppress(Exception):
@@ -1165,6 +1191,7 @@ class Router:
             if epoch == self.epoch and not self._recovering and seen != epoch:
                 self.errors["shard_restarted"] += 1
                 self.failed.append((-1, f"shard {shard} restarted (state epoch {seen})"))
+                self._released.set()
                 return
 
     async def _restore_shard(self, shard: int, barrier: int, epoch: int, deadline: float) -> None:
