@@ -198,6 +198,7 @@ class Pump:
         self._ack_error: Exception | None = None
         self._sent = asyncio.Event()
         self._acking = True
+        self._receiving = asyncio.Lock()
 
     async def run(self, batches: AsyncIterator[Batch], *, bounded: bool = False) -> PumpStats:
         """Feed batches until the source ends or ``stop`` is set; then drain.
@@ -279,8 +280,15 @@ class Pump:
             if generation != self._generation or self._recovering:
                 continue
             try:
-                if not await self._finished(done, failed):
+                ok = await self._finished(done, failed)
+                # A ticket that finished before the feed loop took its receipt: take the
+                # receipts (already answered: a ticket finishes after its routing) now.
+                while ok and self._early and self.in_flight and not self._recovering:
+                    ok = await self._receive()
+                if not ok:
                     self._failed_meanwhile = True
+            except ray.exceptions.RayError:
+                self._failed_meanwhile = True  # the router died holding receipts
             except Exception as exc:  # noqa: BLE001 - the feed loop raises it, as its own acks do
                 self._ack_error = exc
                 return
@@ -337,8 +345,14 @@ class Pump:
 
     async def _receive(self) -> bool:
         """Take the oldest receipt: dead-letter its rejects, remember its token and
-        acknowledge the tickets it reports finished; False if any failed."""
-        batch, sent = self.in_flight.popleft()
+        acknowledge the tickets it reports finished; False if any failed. One at a time
+        (the feed loop and the acknowledger both take receipts), so in read order."""
+        async with self._receiving:
+            if not self.in_flight:
+                return True
+            return await self._take_receipt(*self.in_flight.popleft())
+
+    async def _take_receipt(self, batch: Batch, sent: Awaitable[Any]) -> bool:
         if self.driver.tracing:
             receipt, carrier = await sent
             if carrier is not None:
@@ -411,8 +425,9 @@ class Pump:
         while True:
             # Receipts still on their way belong to the epoch being abandoned (their
             # tickets never finish); the replay submits their entries again.
-            outstanding = [sent for _, sent in self.in_flight]
-            self.in_flight.clear()
+            async with self._receiving:
+                outstanding = [sent for _, sent in self.in_flight]
+                self.in_flight.clear()
             await asyncio.gather(*outstanding, return_exceptions=True)
             self._submits, self._submitted = uuid.uuid4().hex, 0
             info = await self.driver.recover()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -20,7 +21,7 @@ from rayworker.detect import Detector, DetectorConfig
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
 from rayworker.pipeline.app import Pipeline
 from rayworker.pipeline.sinks import METRICS_ACTOR
-from rayworker.pipeline.sources import paced_batches
+from rayworker.pipeline.sources import StreamBatches, paced_batches
 from rayworker.rules import builtin_pack
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
@@ -185,3 +186,59 @@ def test_file_source_with_embedded_stores_equals_replay(
     assert stored == expected.occurrences
     assert snapshot["events"] == len(lines) - expected.rejected
     assert msgspec.json.encode(snapshot)
+
+
+def test_entries_are_acknowledged_once_persisted_not_at_the_next_read(
+    ray_cluster: str, live_redis_url: str, tmp_path: Path
+) -> None:
+    """With reads that block for 4 s, an entry is acknowledged as soon as its batch is
+    persisted (the pump's acknowledger), not when the next read returns."""
+    token = secrets.token_hex(5)
+    settings = load_settings(
+        alerts_dsn=f"sqlite:///{tmp_path / 'alerts.db'}",
+        metrics_url="memory://",
+        stream_url=live_redis_url,
+        stream_key=f"rwtest:{token}:events",
+        dead_letter_stream=f"rwtest:{token}:dead",
+        consumer_group="acks",
+        consumer_name="c1",
+        shards=2,
+        block_ms=4000,
+    )
+    lines = _sample()[:500]
+
+    async def scenario() -> tuple[float, int]:
+        client = aioredis.Redis.from_url(live_redis_url)
+        producer = StreamProducer(client, stream=settings.stream_key)
+        pipeline = Pipeline(settings)
+        await pipeline.start(migrate=True)
+        consumer = StreamConsumer.from_settings(settings)
+        await consumer.ensure_group()
+        stop = asyncio.Event()
+        source = StreamBatches(consumer, stop)
+        pumping = asyncio.create_task(
+            pipeline.pump(
+                source.__aiter__(), ack=source.ack, dead_letter=source.dead_letter, stop=stop
+            )
+        )
+        await asyncio.sleep(1.0)  # the pump is now blocked in its first read
+        await producer.add_events(lines, per_entry=len(lines))
+        written = time.monotonic()
+        while (await pipeline.router.stats.remote()).get("events", 0) < len(lines):
+            await asyncio.sleep(0.01)
+        while (await consumer.lag()).pending:
+            await asyncio.sleep(0.01)
+        acked_after = time.monotonic() - written
+        stop.set()
+        stats = await pumping
+        pipeline.stop()
+        await consumer.close()
+        keys = [k async for k in client.scan_iter(match=f"rwtest:{token}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+        return acked_after, stats.acked
+
+    acked_after, acked = asyncio.run(scenario())
+    assert acked == 1
+    assert acked_after < 2.0, f"acknowledged {acked_after:.2f} s after it was written"
