@@ -415,6 +415,7 @@ class Pump:
         assert self.replay is not None
         self._recovering = True
         self._generation += 1
+        self._failed_meanwhile = False  # this recovery replays those tickets too
         try:
             await self._recover_and_replay(self.replay)
         finally:
