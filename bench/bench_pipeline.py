@@ -4,7 +4,8 @@ Measured in one run, so the ratios hold on a noisy machine:
 
 (a) the single-process core (`replay`'s detector) over the events, as the baseline, measured
     before and after each pipeline run (the machine's speed drifts; each ratio is to the mean
-    of the two measurements around its run);
+    of the two measurements around its run); (a') `rayworker replay` itself, as a user runs it
+    (reading the JSONL file, writing the alerts), before and after (b);
 (b) the pipeline with N shards draining a pre-loaded stream of batched entries until every
     entry is acknowledged (alerts persisted in SQLite, metrics in Redis), with the settings'
     defaults (reads of 100 entries, flushes of 2,000 events); the same with checkpoints every
@@ -34,6 +35,7 @@ import numpy as np
 import redis.asyncio as aioredis
 
 from rayworker.balance import BalancePolicy, LoadBalancer
+from rayworker.cli import main as cli_main
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
@@ -57,6 +59,21 @@ def core_rate(lines: list[bytes]) -> float:
         detector.process_lines(lines[i : i + 10_000])
     detector.flush()
     return len(lines) / (time.perf_counter() - started)
+
+
+def replay_rate(lines: list[bytes], tmp: Path) -> float:
+    """(a') events/s of ``rayworker replay EVENTS.jsonl --out ALERTS.jsonl`` run in this
+    process: the single-process core as a user runs it (reading the file, writing alerts)."""
+    events = tmp / "replay-events.jsonl"
+    if not events.exists():
+        events.write_bytes(b"".join(line + b"\n" for line in lines))
+    started = time.perf_counter()
+    code = cli_main(["replay", str(events), "--out", str(tmp / "replay-alerts.jsonl"), "--quiet"])
+    elapsed = time.perf_counter() - started
+    if code != 0:
+        msg = f"rayworker replay exited {code}"
+        raise RuntimeError(msg)
+    return len(lines) / elapsed
 
 
 async def pipeline_rate(
@@ -238,13 +255,18 @@ def main() -> None:
         return (cores[-2] + cores[-1]) / 2
 
     with tempfile.TemporaryDirectory() as tmp:
+        replays = [replay_rate(lines, Path(tmp))]
+        print(f"(a') `rayworker replay`:               {replays[0]:>10,.0f} events/s")
         batched, _ = asyncio.run(
             pipeline_rate(lines, shards=args.shards, per_entry=500, offered=None, tmp=Path(tmp))
         )
         base = core_again("(b)")
+        replays.append(replay_rate(lines, Path(tmp)))
+        print(f"(a') `rayworker replay`, after (b):    {replays[1]:>10,.0f} events/s")
         print(
             f"(b) pipeline, 500 events per entry:  {batched:>10,.0f} events/s"
-            f"   ratio to (a) {batched / base:.2f} (target >= 0.5)"
+            f"   ratio to (a) {batched / base:.2f}, to (a') {batched / (sum(replays) / 2):.2f}"
+            " (target >= 0.5)"
         )
         recoverable, _ = asyncio.run(
             pipeline_rate(
