@@ -1,13 +1,18 @@
 """The driver's feed loop: source batches in, acknowledgements and dead letters out.
 
 :class:`Pump` submits each source batch to the router, dead-letters what the router rejects,
-and acknowledges a batch only once the router reports it done. In a recoverable pipeline it
+and acknowledges a batch only once the router reports it done: on the receipts of later
+submits, and from an acknowledger task that waits on the router meanwhile
+(:meth:`~rayworker.pipeline.router.Router.wait_completed`), so that an acknowledgement never
+waits for the next read of a quiet source. In a recoverable pipeline it
 also recovers: on any failure (a shard or the router died, a batch raised) it has the router
 restore the last complete checkpoint and replays the stream from there, keeping each entry's
 failures so that an entry that keeps failing alone is dead-lettered as poison instead of
 blocking the stream. Between batches it carries out scale requests (``rayworker scale``, or
 the lag-driven :class:`~rayworker.autoscale.Autoscaler` when enabled): the pipeline's
-:meth:`~rayworker.pipeline.app.Pipeline.rescale` hands key groups over while ingest waits.
+:meth:`~rayworker.pipeline.app.Pipeline.rescale` hands key groups over while ingest waits. The
+:class:`~rayworker.balance.LoadBalancer` moves key groups between the same shards the same way
+when the routed load is uneven.
 """
 
 from __future__ import annotations

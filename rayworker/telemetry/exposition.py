@@ -7,6 +7,8 @@ health report the endpoint already collects (the router's ``stats`` and the stre
 ``<prefix>_router_events_total``                 events the router received
 ``<prefix>_shard_events_total{shard}``           events routed to each shard
 ``<prefix>_shard_key_groups{shard}``             key groups each shard owns
+``<prefix>_router_handoffs_total``               key-group hand-offs (rescales, load balances)
+``<prefix>_assignment_version``                  version of the key-group assignment in use
 ``<prefix>_router_buffered_events``              events waiting in shard buffers
 ``<prefix>_router_queued_batches``               batches waiting for a shard slot
 ``<prefix>_router_inflight_batches``             batches a shard has not answered yet
@@ -15,9 +17,13 @@ health report the endpoint already collects (the router's ``stats`` and the stre
                                                  router until all its alerts are stored
 ``<prefix>_consumer_lag_entries{stream,group}``  stream entries not yet delivered
 ``<prefix>_consumer_pending_entries{stream,group}``  delivered entries not yet acknowledged
+``<prefix>_checkpoint_age_seconds``              since the last complete checkpoint began
+``<prefix>_checkpoint_failures_total``           checkpoints that did not complete
+``<prefix>_checkpoint_bytes``                    size of the last complete checkpoint
 
-The pipeline keeps no checkpoints (state lives in the shard actors; a restart replays the
-stream's unacknowledged entries), so there is no checkpoint-age gauge.
+The checkpoint families appear only for a pipeline that checkpoints (``rayworker run`` reading
+a stream): its entries are acknowledged only behind a complete checkpoint, so a growing age
+means growing pending entries and a longer replay after a crash.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class _PipelineCollector(Collector):
         stats = router.detail.get("stats") if router is not None else None
         if isinstance(stats, Mapping):
             yield from self._router(stats)
+            yield from self._checkpoints(stats)
         lag = self.report.components.get("lag")
         if lag is not None and "pending" in lag.detail:
             yield from self._lag(lag.detail)
@@ -87,6 +94,16 @@ class _PipelineCollector(Collector):
         for shard, n in sorted((stats.get("key_groups") or {}).items()):
             groups.add_metric([str(shard)], int(n))
         yield groups
+        yield CounterMetricFamily(
+            f"{p}_router_handoffs",
+            "Key-group hand-offs between shards (rescales and load balances).",
+            value=int(stats.get("rescales", 0)),
+        )
+        yield GaugeMetricFamily(
+            f"{p}_assignment_version",
+            "Version of the key-group assignment the router routes by.",
+            value=int(stats.get("assignment_version", 0)),
+        )
         for key, name, help_text in _ROUTER_GAUGES:
             yield GaugeMetricFamily(f"{p}_{name}", help_text, value=int(stats.get(key, 0)))
         fields = stats.get("batch_latency_ms")
@@ -104,6 +121,29 @@ class _PipelineCollector(Collector):
                 buckets=buckets,
                 sum_value=hist.sum_ms / 1000.0,
             )
+
+    def _checkpoints(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
+        barrier = int(stats.get("completed_barrier") or 0)
+        if barrier <= 0:
+            return
+        p = self.prefix
+        # Barrier ids start from the wall clock in milliseconds when the barrier begins.
+        age = max(0.0, self.report.at.timestamp() - barrier / 1000.0)
+        yield GaugeMetricFamily(
+            f"{p}_checkpoint_age_seconds",
+            "Seconds since the last complete checkpoint began.",
+            value=age,
+        )
+        yield CounterMetricFamily(
+            f"{p}_checkpoint_failures",
+            "Checkpoints that did not complete.",
+            value=int(stats.get("barrier_failures", 0)),
+        )
+        yield GaugeMetricFamily(
+            f"{p}_checkpoint_bytes",
+            "Size of the last complete checkpoint.",
+            value=int(stats.get("checkpoint_bytes", 0)),
+        )
 
     def _lag(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
         labels = ["stream", "group"]

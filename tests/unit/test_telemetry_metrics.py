@@ -18,6 +18,11 @@ def _report() -> HealthReport:
         "events": 1200,
         "sent": {"0": 700, "1": 650},
         "key_groups": {"0": 128, "1": 128},
+        "rescales": 2,
+        "assignment_version": 3,
+        "completed_barrier": int(datetime(2026, 3, 10, tzinfo=UTC).timestamp() * 1000) - 4_500,
+        "barrier_failures": 1,
+        "checkpoint_bytes": 2048,
         "buffered": 12,
         "queued_batches": 1,
         "inflight_batches": 2,
@@ -42,12 +47,17 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_pipeline_families_parse_and_match_router_stats() -> None:
-    """Router counters, key groups per shard, batch latency and consumer lag are exposed
+    """Router counters, key groups per shard, hand-offs, batch latency and consumer lag are exposed
     under Prometheus names (units, _total) with the router's values."""
     samples = _samples(render_pipeline(_report(), prefix="rw"))
     assert samples[("rw_router_events_total", ())] == 1200
     assert samples[("rw_shard_events_total", (("shard", "0"),))] == 700
     assert samples[("rw_shard_key_groups", (("shard", "1"),))] == 128
+    assert samples[("rw_router_handoffs_total", ())] == 2
+    assert samples[("rw_assignment_version", ())] == 3
+    assert samples[("rw_checkpoint_age_seconds", ())] == 4.5
+    assert samples[("rw_checkpoint_failures_total", ())] == 1
+    assert samples[("rw_checkpoint_bytes", ())] == 2048
     assert samples[("rw_router_open_batches", ())] == 3
     assert samples[("rw_batch_duration_seconds_count", ())] == 4
     assert samples[("rw_batch_duration_seconds_bucket", (("le", "+Inf"),))] == 4
@@ -70,3 +80,16 @@ def test_whole_metrics_page_parses_without_duplicate_families() -> None:
 def test_no_report_no_pipeline_families() -> None:
     """Without a health report nothing is added."""
     assert render_pipeline(None) == ""
+
+
+def test_a_pipeline_without_checkpoints_has_no_checkpoint_families() -> None:
+    """No complete checkpoint (a pipeline that keeps none) means no checkpoint age, failures
+    or size, rather than an age counted from 1970."""
+    report = _report()
+    stats = dict(report.components["router"].detail["stats"])
+    stats["completed_barrier"] = 0
+    router = ComponentHealth("router", Status.OK, "ok", {"stats": stats})
+    text = render_pipeline(HealthReport.of([router], report.at), prefix="rw")
+    names = {family.name for family in text_string_to_metric_families(text)}
+    assert "rw_router_events" in names
+    assert not {n for n in names if n.startswith("rw_checkpoint")}
