@@ -16,6 +16,7 @@ import ray
 import redis.asyncio as aioredis
 
 from rayworker.alerts import AlertBook
+from rayworker.chaos import drill_settings
 from rayworker.clock import SystemClock
 from rayworker.detect import Detector, DetectorConfig
 from rayworker.ingest.redis_streams import StreamConsumer, StreamProducer
@@ -194,15 +195,13 @@ def test_entries_are_acknowledged_once_persisted_not_at_the_next_read(
     """With reads that block for 4 s, an entry is acknowledged as soon as its batch is
     persisted (the pump's acknowledger), not when the next read returns."""
     token = secrets.token_hex(5)
-    settings = load_settings(
-        alerts_dsn=f"sqlite:///{tmp_path / 'alerts.db'}",
+    # A drill's stream keys and namespace, with SQLite alerts, no checkpoints and long reads.
+    settings = drill_settings(
+        live_redis_url,
+        f"sqlite:///{tmp_path / 'alerts.db'}",
+        token,
         metrics_url="memory://",
-        stream_url=live_redis_url,
-        stream_key=f"rwtest:{token}:events",
-        dead_letter_stream=f"rwtest:{token}:dead",
-        consumer_group="acks",
-        consumer_name="c1",
-        shards=2,
+        checkpoint_interval_s=0,
         block_ms=4000,
     )
     lines = _sample()[:500]
@@ -233,7 +232,7 @@ def test_entries_are_acknowledged_once_persisted_not_at_the_next_read(
         stats = await pumping
         pipeline.stop()
         await consumer.close()
-        keys = [k async for k in client.scan_iter(match=f"rwtest:{token}*")]
+        keys = [k async for k in client.scan_iter(match=f"rwdrill:{token}*")]
         if keys:
             await client.delete(*keys)
         await client.aclose()
