@@ -170,7 +170,7 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await pipeline.flush_telemetry()
         pipeline.stop()
-        if serve_started:
+        if serve_started and _attached(settings):
             _stop_serve()
     return 0
 
@@ -203,6 +203,13 @@ def _start_serve(settings: Settings, console: Console) -> None:
     deploy(settings)
     base = f"http://{settings.serve_host}:{settings.serve_port}"
     console.print(f"health: {base}/healthz  {base}/readyz  {base}/metrics")
+
+
+def _attached(settings: Settings) -> bool:
+    """Whether Ray is a cluster this process attached to, whose Serve it must shut down. A
+    cluster this process started goes at exit with Serve in it; shutting Serve down first
+    only makes Ray log its controller's self-kill as a failed task."""
+    return bool(settings.ray_address or os.environ.get("RAY_ADDRESS"))
 
 
 def _stop_serve() -> None:
@@ -284,7 +291,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         await stop.wait()
     await pipeline.flush_telemetry()
     pipeline.stop()
-    if not args.no_serve:
+    if not args.no_serve and _attached(settings):
         _stop_serve()
     console.print(
         f"alerts stay in {args.db}: try `rayworker alerts list --alerts-dsn "
