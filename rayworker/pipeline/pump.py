@@ -198,7 +198,7 @@ class Pump:
         """The highest ticket whose receipt was taken since the last recovery."""
         self._recovering = False
         self._generation = 0
-        """Grows when a recovery begins: finished tickets heard of before it are stale."""
+        """Grows when a recovery begins: failures heard of before it are replayed by it."""
         self._failed_meanwhile = False
         self._ack_error: Exception | None = None
         self._sent = asyncio.Event()
@@ -267,8 +267,8 @@ class Pump:
         """Acknowledge tickets as they finish, while the feed loop waits on its source.
 
         Without this a finished ticket waits for the feed loop's next read (up to
-        ``block_ms``) to be acknowledged. Finished tickets heard of from a wait that began
-        before a recovery are dropped: the recovery's replay settles their entries.
+        ``block_ms``) to be acknowledged. The router answers a wait with nothing when a
+        recovery began during it, so what it hands out belongs to the epoch it was asked in.
         """
         router = self.driver.router
         while self._acking:
@@ -282,8 +282,11 @@ class Pump:
             except ray.exceptions.RayError:
                 await asyncio.sleep(_ACK_WAIT_S)  # the feed loop notices and recovers
                 continue
-            if generation != self._generation or self._recovering:
-                continue
+            if generation != self._generation:
+                # A recovery began meanwhile, which replays the failed tickets' entries.
+                # Done tickets stay: the router hands each out once, so dropping them would
+                # leave their entries pending (done means stored, and checkpointed).
+                failed = []
             try:
                 ok = await self._finished(done, failed)
                 # A ticket that finished before the feed loop took its receipt: take the

@@ -523,9 +523,12 @@ class Router:
 
         The driver waits on this while its source is quiet, so entries are acknowledged as
         soon as their alerts are persisted rather than after its next read. Returns nothing
-        if a recovery began meanwhile: tickets of an abandoned epoch are the replay's.
+        if a recovery is running or began meanwhile, so what it returns belongs to the epoch
+        it was asked in (tickets of an abandoned epoch are the replay's).
         """
         epoch = self.epoch
+        if self._recovering:
+            return [], []
         if not (self.done or self.failed):
             self._released.clear()
             with contextlib.suppress(TimeoutError):
