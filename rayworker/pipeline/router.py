@@ -528,6 +528,7 @@ class Router:
         """
         epoch = self.epoch
         if self._recovering:
+            await asyncio.sleep(timeout_s)  # a caller that asks again at once would spin
             return [], []
         if not (self.done or self.failed):
             self._released.clear()
