@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import asyncpg
 
 from rayworker.chaos import (
     DrillReport,
@@ -47,6 +45,7 @@ from rayworker.chaos import (
     kill_actors,
     restart_redis,
     run_drill,
+    scratch_schema,
     stop_postgres,
 )
 from rayworker.chaos_services import PrivatePostgres, PrivateRedis
@@ -54,24 +53,6 @@ from rayworker.pipeline.runtime import connect_ray
 from rayworker.settings import Settings
 
 Plan = Callable[[DrillReport], FaultPlan]
-
-
-async def _schema(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.contextmanager
-def _schema_dsn(dsn: str, name: str) -> Iterator[str]:
-    schema = f"rwbench_{name}"
-    asyncio.run(_schema(dsn, f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{dsn}?search_path={schema}"
-    finally:
-        asyncio.run(_schema(dsn, f"DROP SCHEMA {schema} CASCADE"))
 
 
 def _no_faults(_: DrillReport) -> FaultPlan:
@@ -201,7 +182,7 @@ def main() -> int:
 
     reports: dict[str, DrillReport | None] = {}
     name = secrets.token_hex(4)
-    with _schema_dsn(args.postgres, name) as dsn:
+    with scratch_schema(args.postgres, name) as dsn:
         base = drill(drill_settings(args.redis, dsn, name), _no_faults, 100)
     if base is None:
         return 1
@@ -212,7 +193,7 @@ def main() -> int:
     if "kills" in wanted:
         name = secrets.token_hex(4)
         label = f"{args.kills} kills"
-        with _schema_dsn(args.postgres, name) as dsn:
+        with scratch_schema(args.postgres, name) as dsn:
             reports[label] = drill(
                 drill_settings(args.redis, dsn, name),
                 lambda r: kill_actors(r, kills=args.kills, router_at=args.kills // 2, seed=7),
@@ -235,7 +216,7 @@ def main() -> int:
     if "redis" in wanted:
         name = secrets.token_hex(4)
         label = "Redis restarted (empty)"
-        with PrivateRedis() as redis_server, _schema_dsn(args.postgres, name) as dsn:
+        with PrivateRedis() as redis_server, scratch_schema(args.postgres, name) as dsn:
             settings = drill_settings(redis_server.url, dsn, name)
             reports[label] = drill(
                 settings,

@@ -40,12 +40,14 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import asyncpg
 import msgspec
 import ray
 import redis.asyncio as aioredis
@@ -307,6 +309,30 @@ def drill_settings(redis_url: str, alerts_dsn: str, name: str, **extra: Any) -> 
         "recovery_timeout_s": 60,
     }
     return load_settings(**{**defaults, **extra})
+
+
+@contextlib.contextmanager
+def scratch_schema(dsn: str, name: str) -> Iterator[str]:
+    """``dsn`` with a PostgreSQL schema of its own (``rwdrill_<name>``, dropped afterwards),
+    so that a drill reads back only its own alerts, however often it runs on one database;
+    any other DSN (SQLite) as it is."""
+    if not dsn.startswith(("postgres://", "postgresql://")):
+        yield dsn
+        return
+    schema = "rwdrill_" + re.sub(r"[^0-9a-z_]", "_", name.lower())
+    asyncio.run(_execute(dsn, f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"
+    finally:
+        asyncio.run(_execute(dsn, f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def drill_workload(events: int, *, tenants: int = 30, seed: int = 3) -> list[bytes]:

@@ -64,6 +64,7 @@ from rayworker.chaos import (
     drill_settings,
     drill_workload,
     run_drill,
+    scratch_schema,
 )
 from rayworker.errors import ConfigError
 from rayworker.pipeline.app import Pipeline
@@ -372,9 +373,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, drill: NodeDrill) -> dict[str, Any]:
     """The drill's loop in a second thread while this (main) thread serves the cluster."""
     name = args.name or secrets.token_hex(5)
-    settings = drill_settings(
-        args.redis_url, args.alerts_dsn, name, ray_address=drill.cluster.address
-    )
+    with scratch_schema(args.alerts_dsn, name) as dsn:
+        settings = drill_settings(args.redis_url, dsn, name, ray_address=drill.cluster.address)
+        return _run_in(args, drill, settings)
+
+
+def _run_in(args: argparse.Namespace, drill: NodeDrill, settings: Settings) -> dict[str, Any]:
     # Connected from the main thread; the pipeline in the loop's thread reuses it.
     connect_ray(drill.cluster.address, namespace=settings.ray_namespace)
     done: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
