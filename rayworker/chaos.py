@@ -315,8 +315,8 @@ def drill_settings(redis_url: str, alerts_dsn: str, name: str, **extra: Any) -> 
 def scratch_schema(dsn: str, name: str) -> Iterator[str]:
     """``dsn`` with a PostgreSQL schema of its own (``rwdrill_<name>``, dropped afterwards),
     so that a drill reads back only its own alerts, however often it runs on one database;
-    any other DSN (SQLite) as it is."""
-    if not dsn.startswith(("postgres://", "postgresql://")):
+    a DSN that names its schema already, or any other DSN (SQLite), as it is."""
+    if not dsn.startswith(("postgres://", "postgresql://")) or "search_path=" in dsn:
         yield dsn
         return
     schema = "rwdrill_" + re.sub(r"[^0-9a-z_]", "_", name.lower())
