@@ -312,14 +312,14 @@ def drill_settings(redis_url: str, alerts_dsn: str, name: str, **extra: Any) -> 
 
 
 @contextlib.contextmanager
-def scratch_schema(dsn: str, name: str) -> Iterator[str]:
-    """``dsn`` with a PostgreSQL schema of its own (``rwdrill_<name>``, dropped afterwards),
+def scratch_schema(dsn: str, name: str, *, prefix: str = "rwdrill_") -> Iterator[str]:
+    """``dsn`` with a PostgreSQL schema of its own (``<prefix><name>``, dropped afterwards),
     so that a drill reads back only its own alerts, however often it runs on one database;
     a DSN that names its schema already, or any other DSN (SQLite), as it is."""
     if not dsn.startswith(("postgres://", "postgresql://")) or "search_path=" in dsn:
         yield dsn
         return
-    schema = "rwdrill_" + re.sub(r"[^0-9a-z_]", "_", name.lower())
+    schema = prefix + re.sub(r"[^0-9a-z_]", "_", name.lower())
     asyncio.run(_execute(dsn, f"CREATE SCHEMA {schema}"))
     try:
         yield f"{dsn}{'&' if '?' in dsn else '?'}search_path={schema}"

@@ -54,6 +54,7 @@ _ROUTER_GAUGES: Final = (
     ("queued_batches", "router_queued_batches", "Routed batches waiting for a shard slot."),
     ("inflight_batches", "router_inflight_batches", "Routed batches a shard has not answered."),
     ("open_tickets", "router_open_batches", "Source batches not finished yet."),
+    ("assignment_version", "assignment_version", "Version of the key-group assignment in use."),
 )
 
 
@@ -98,11 +99,6 @@ class _PipelineCollector(Collector):
             f"{p}_router_handoffs",
             "Key-group hand-offs between shards (rescales and load balances).",
             value=int(stats.get("rescales", 0)),
-        )
-        yield GaugeMetricFamily(
-            f"{p}_assignment_version",
-            "Version of the key-group assignment the router routes by.",
-            value=int(stats.get("assignment_version", 0)),
         )
         for key, name, help_text in _ROUTER_GAUGES:
             yield GaugeMetricFamily(f"{p}_{name}", help_text, value=int(stats.get(key, 0)))

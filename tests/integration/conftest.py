@@ -18,6 +18,7 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 
+from rayworker.chaos import scratch_schema
 from rayworker.ingest.redis_streams import StreamConsumer
 from rayworker.pipeline.app import Pipeline, PumpStats
 from rayworker.pipeline.runtime import connect_ray
@@ -97,18 +98,8 @@ async def pump_until_read(pipeline: Pipeline, consumer: StreamConsumer, events: 
 @pytest.fixture
 def pg_dsn(live_postgres_dsn: str) -> Iterator[str]:
     """A DSN whose connections use a fresh schema, dropped afterwards."""
-    schema = f"rw_test_{secrets.token_hex(5)}"
-
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect(live_postgres_dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run(f"CREATE SCHEMA {schema}"))
-    yield f"{live_postgres_dsn}?search_path={schema}"
-    asyncio.run(run(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    with scratch_schema(live_postgres_dsn, secrets.token_hex(5), prefix="rw_test_") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,15 @@ def _scale_plan(
     return plan
 
 
+def _no_faults(report: DrillReport) -> FaultPlan:
+    """No fault: the pipeline's own policies (autoscaling, load balance) act alone."""
+
+    async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
+        return None
+
+    return strike
+
+
 def test_scaling_up_and_down_with_kills_keeps_alerts_exact(
     ray_cluster: str, live_redis_url: str, pg_dsn: str
 ) -> None:
@@ -259,14 +268,8 @@ def test_the_autoscaler_adds_shards_when_the_lag_stays_high(
     )
     lines = drill_workload(150_000, seed=12)
 
-    def plan(report: DrillReport) -> FaultPlan:
-        async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
-            return None
-
-        return strike
-
     # Produced far faster than two shards on this machine drain it: the lag builds up.
-    report = asyncio.run(run_drill(settings, lines, plan, rate=60_000.0))
+    report = asyncio.run(run_drill(settings, lines, _no_faults, rate=60_000.0))
     assert report.pump is not None
     assert report.pump.rescales == 1
     assert report.router["shards"] == [0, 1, 2]
@@ -292,13 +295,7 @@ def test_the_load_balance_moves_key_groups_and_keeps_alerts_exact(
     )
     lines = drill_workload(120_000, seed=21)
 
-    def plan(report: DrillReport) -> FaultPlan:
-        async def strike(pipeline: Pipeline, finished: Callable[[], bool]) -> None:
-            return None
-
-        return strike
-
-    report = asyncio.run(run_drill(settings, lines, plan, rate=8_000.0))
+    report = asyncio.run(run_drill(settings, lines, _no_faults, rate=8_000.0))
     assert report.pump is not None
     print(f"router: {report.router}")
     assert report.pump.rebalances == 1
