@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "CountStore",
     "IdWords",
     "ValueVocab",
+    "Vocab",
     "decode_id",
     "digest_ids",
     "encode_ids",
@@ -134,7 +135,37 @@ def typed_key(value: Any) -> Any:
     return (type(value).__name__, value)
 
 
-def plain_classes(vocab: ValueVocab, codes: npt.NDArray[Any]) -> _I64:
+class CodeValues(Protocol):
+    """``vocab.values``: the value of each code."""
+
+    def __getitem__(self, code: int, /) -> Any: ...
+
+    def __len__(self) -> int: ...
+
+
+class Vocab(Protocol):
+    """What the detector asks of a vocabulary (:class:`ValueVocab`, or the packed one of
+    :mod:`rayworker.packed_vocab`)."""
+
+    numeric: bool
+
+    @property
+    def values(self) -> CodeValues: ...
+
+    def __len__(self) -> int: ...
+
+    def code(self, value: Any) -> int: ...
+
+    def codes(self, values: Sequence[Any]) -> _I64: ...
+
+    def codes_from(self, values: Callable[[], Iterable[Any]]) -> _I64: ...
+
+    def code_if_known(self, value: Any) -> int | None: ...
+
+    def retain(self, live: Iterable[int]) -> None: ...
+
+
+def plain_classes(vocab: Vocab, codes: npt.NDArray[Any]) -> _I64:
     """Which coded values are equal in plain Python (``1 == 1.0 == True``), as one class
     number per code: a distinct rule counts values as a dict does, while the vocabulary keeps
     the types apart so that each value comes back exactly."""

@@ -30,7 +30,7 @@ import itertools
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
@@ -48,6 +48,7 @@ from rayworker.columnar import (
     CountStore,
     IdWords,
     ValueVocab,
+    Vocab,
     digest_ids,
     encode_ids,
     plain_classes,
@@ -62,6 +63,7 @@ from rayworker.events import (
     derive_event_id,
 )
 from rayworker.integrity import IntegrityConfig, IntegrityMonitor
+from rayworker.packed_vocab import PackedVocab
 from rayworker.rules import (
     DistinctRule,
     Overrides,
@@ -222,15 +224,79 @@ class _Params:
     finished_tag: int | None
 
 
+_PARK = msgspec.msgpack.Encoder()
+_DERIVED_ID_LEN = 35
+_ALERT_FIELDS = tuple(f.name for f in fields(Alert))
+_EVIDENCE = _ALERT_FIELDS.index("evidence_ids")
+
+
+def _park_alert(alert: Alert) -> bytes:
+    """An alert as compact msgpack: its field values in order (no names), and derived
+    evidence ids as their 16 bytes each (the text ids are two thirds of an alert)."""
+    values: list[Any] = [getattr(alert, name) for name in _ALERT_FIELDS]
+    ids: list[str] = values[_EVIDENCE]
+    digits = "".join(i[3:] for i in ids)
+    if all(i.startswith("ev-") and len(i) == _DERIVED_ID_LEN for i in ids):
+        try:
+            packed = bytes.fromhex(digits)
+        except ValueError:
+            packed = None
+        # Only ids that come back exactly as they were (lower-case hex) are packed.
+        if packed is not None and packed.hex() == digits:
+            values[_EVIDENCE] = packed
+    return _PARK.encode(values)
+
+
+def _unpark_alert(data: bytes) -> Alert:
+    """The alert :func:`_park_alert` packed."""
+    values = msgspec.msgpack.decode(data)
+    ids = values[_EVIDENCE]
+    if isinstance(ids, bytes):
+        digits = ids.hex()
+        values[_EVIDENCE] = ["ev-" + digits[i : i + 32] for i in range(0, len(digits), 32)]
+    return Alert(*values)
+
+
 class _Open:
-    """An alert whose suppression period can still receive hits."""
+    """An alert whose suppression period can still receive hits.
 
-    __slots__ = ("alert", "first_id", "first_t")
+    Between batches the alert is *parked*: held as its msgpack encoding, which costs about a
+    third of the objects (an alert holds up to ``evidence_cap`` event-id strings, and most
+    open alerts receive nothing for minutes). Touching :attr:`alert` unpacks it and puts it
+    on the detector's ``awake`` list; the detector parks that list at the start of its next
+    call, so the object it returned stays its own until then (a shard sets ``trace_id`` on
+    it after a batch).
+    """
 
-    def __init__(self, alert: Alert, first_t: int, first_id: str) -> None:
-        self.alert = alert
+    __slots__ = ("_alert", "_awake", "_packed", "first_id", "first_t", "period_end")
+
+    def __init__(self, alert: Alert, first_t: int, first_id: str, awake: list[_Open]) -> None:
+        self._alert: Alert | None = alert
+        self._packed = b""
+        self._awake = awake
         self.first_t = first_t
         self.first_id = first_id
+        self.period_end = alert.period_end_us
+        awake.append(self)
+
+    @property
+    def alert(self) -> Alert:
+        """The alert, unpacked (and awake until the detector's next call)."""
+        if self._alert is None:
+            self._alert = _unpark_alert(self._packed)
+            self._packed = b""
+            self._awake.append(self)
+        return self._alert
+
+    def view(self) -> Alert:
+        """The alert as it stands, without waking it (a parked one is a fresh copy)."""
+        return self._alert if self._alert is not None else _unpark_alert(self._packed)
+
+    def park(self) -> None:
+        """Hold the alert as its encoding until it is touched again."""
+        if self._alert is not None:
+            self._packed = _park_alert(self._alert)
+            self._alert = None
 
 
 def _lower_bound(condition: Any) -> int | None:
@@ -287,7 +353,7 @@ class _RuleRuntime:
         self.store: CountStore | None = None
         if self.kind in ("threshold", "time_of_day", "sequence", "distinct"):
             self.store = CountStore(tagged=self.kind in ("sequence", "distinct"))
-        self.tag_vocab: ValueVocab | None = None
+        self.tag_vocab: Vocab | None = None
         self.store_keys = 0
         self.slow_codes: dict[int, tuple[Any, ...]] = {}
         self.combo: ValueVocab | None = ValueVocab() if len(self.group_specs) > 1 else None
@@ -562,11 +628,13 @@ class Detector:
         self._tenants = ValueVocab()
         # One vocabulary for the values of every group key (and distinct field): a principal
         # grouped by several rules, or by a coalesced key, has one code and one text.
-        self._groups = ValueVocab()
+        self._groups = PackedVocab()
         for runtime in self._rules:
             if runtime.kind == "distinct":
                 runtime.tag_vocab = self._groups
         self._live_codes = 0
+        # Open alerts touched since the detector's last call (parked at the start of the next).
+        self._awake: list[_Open] = []
         signatures = group_signatures(pack)
         if len(signatures) > MAX_SIGNATURES:
             msg = (
@@ -604,6 +672,7 @@ class Detector:
         start_index: int = 0,
     ) -> DetectionResult:
         """Detect over a decoded batch, in its arrival order."""
+        self._park()
         batch.factorise(self._filter_paths)
         result, usable, wm_after = screen_batch(
             batch,
@@ -635,6 +704,7 @@ class Detector:
         ``watermarks`` the router's largest event time per tenant, so that keys of a tenant
         that sent nothing here lately still settle on time.
         """
+        self._park()
         decoded = self.decoder.decode(lines)
         if decoded.rejections:
             first = decoded.rejections[0]
@@ -693,12 +763,18 @@ class Detector:
 
     def flush(self) -> DetectionResult:
         """End of input: settle every pending evaluation as if the watermark were infinite."""
+        self._park()
         result = DetectionResult()
         changed: dict[str, Alert] = {}
         for runtime in self._rules:
             self._sweep(runtime, changed, result.metrics, final=True)
         result.alerts = list(changed.values())
         return result
+
+    def _park(self) -> None:
+        for current in self._awake:
+            current.park()
+        self._awake.clear()
 
     def active_keys(self) -> int:
         """Number of (rule, tenant, group) keys holding window state."""
@@ -1396,7 +1472,7 @@ class Detector:
                 period_end_us=start + period,
             )
             self._render(runtime, alert, params)
-            periods[start] = _Open(alert, t, event_id)
+            periods[start] = _Open(alert, t, event_id, self._awake)
             metrics.alerts[(tenant, rule.id, alert.severity)] += 1
         else:
             alert = current.alert
@@ -1468,7 +1544,7 @@ class Detector:
         periods = runtime.open.get(key)
         if not periods:
             return
-        for start in [s for s, o in periods.items() if o.alert.period_end_us <= wm]:
+        for start in [s for s, o in periods.items() if o.period_end <= wm]:
             del periods[start]
         if not periods:
             del runtime.open[key]
@@ -1587,7 +1663,7 @@ class Detector:
                     *self._store_snapshot(runtime),
                 ],
                 "open": [
-                    [_plain(k), o.first_t, o.first_id, _alert_state(o.alert)]
+                    [_plain(k), o.first_t, o.first_id, _alert_state(o.view())]
                     for k, periods in runtime.open.items()
                     for o in periods.values()
                 ],
@@ -1645,7 +1721,9 @@ class Detector:
                 for key, first_t, first_id, state in data["open"]:
                     alert = Alert(**state)
                     periods = runtime.open.setdefault(_key(key), {})
-                    periods[alert.period_start_us] = _Open(alert, int(first_t), str(first_id))
+                    periods[alert.period_start_us] = _Open(
+                        alert, int(first_t), str(first_id), detector._awake
+                    )
             except (KeyError, TypeError, ValueError) as exc:
                 msg = f"snapshot state of rule {runtime.rule.id!r} is corrupt: {exc}"
                 raise StateError(msg) from exc

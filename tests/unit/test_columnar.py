@@ -5,15 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from xxhash import xxh3_128_digest
 
 from rayworker import detect as detect_module
-from rayworker.columnar import CountStore, ValueVocab, digest_ids, encode_ids, plain_classes
+from rayworker.columnar import (
+    CountStore,
+    ValueVocab,
+    Vocab,
+    digest_ids,
+    encode_ids,
+    plain_classes,
+)
 from rayworker.events import EventBatch, EventDecoder, derive_event_id
+from rayworker.packed_vocab import PackedVocab
 from rayworker.windows import KeyWindow
 from tests.unit.test_detect_properties import SMALL_RULES, comparable, run, streams
+
+VOCABS = pytest.mark.parametrize("make_vocab", [ValueVocab, PackedVocab])
+"""The vocabulary contract tests run against the dict vocabulary and the packed one."""
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -102,9 +114,12 @@ def test_store_compaction_equals_key_windows(
     assert store.n_keys() == len(expected)
 
 
-def test_vocab_keeps_typed_values_apart_and_reuses_freed_codes() -> None:
+@VOCABS
+def test_vocab_keeps_typed_values_apart_and_reuses_freed_codes(
+    make_vocab: type[Vocab],
+) -> None:
     """1, 1.0 and True get different codes; a retained code survives, a freed one is reused."""
-    vocab = ValueVocab()
+    vocab = make_vocab()
     codes = vocab.codes([1, 1.0, True, "1", None, 1]).tolist()
     assert len(set(codes[:5])) == 5
     assert codes[5] == codes[0]
@@ -239,11 +254,12 @@ def test_sequence_keys_at_the_state_cap_behave_as_on_the_per_event_path() -> Non
     st.integers(1, 40),
     st.integers(1, 4),
 )
+@VOCABS
 def test_distinct_store_compaction_equals_key_windows(
-    keys: dict[int, list[tuple[int, Any]]], wm: int, width: int, keep: int
+    make_vocab: type[Vocab], keys: dict[int, list[tuple[int, Any]]], wm: int, width: int, keep: int
 ) -> None:
     """A distinct rule's store keeps exactly what each key's window keeps (1, 1.0, True: one)."""
-    vocab = ValueVocab()
+    vocab = make_vocab()
     store = CountStore(tagged=True)
     expected: dict[int, list[tuple[int, Any]]] = {}
     codes: list[int] = []
@@ -278,9 +294,10 @@ def test_distinct_store_compaction_equals_key_windows(
     assert got == expected
 
 
-def test_plain_classes_join_equal_values_of_different_types() -> None:
+@VOCABS
+def test_plain_classes_join_equal_values_of_different_types(make_vocab: type[Vocab]) -> None:
     """1, 1.0 and True are one class (as dict keys are); "1" and None are others."""
-    vocab = ValueVocab()
+    vocab = make_vocab()
     codes = vocab.codes(["a", "b", "a"])
     assert not vocab.numeric
     assert plain_classes(vocab, codes.astype(np.uint32)).tolist() == codes.tolist()
@@ -291,10 +308,13 @@ def test_plain_classes_join_equal_values_of_different_types() -> None:
     assert len(set(classes[2:])) == 4
 
 
-def test_vocab_codes_from_an_iterator_fall_back_for_unhashable_values() -> None:
+@VOCABS
+def test_vocab_codes_from_an_iterator_fall_back_for_unhashable_values(
+    make_vocab: type[Vocab],
+) -> None:
     """Codes from a fresh iterator equal codes of a list, lists and dicts included."""
     values: list[Any] = ["x", [1, 2], {"a": 1}, None, [1, 2], "x", 3]
-    vocab = ValueVocab()
+    vocab = make_vocab()
     from_iter = vocab.codes_from(lambda: iter(values)).tolist()
     assert from_iter == vocab.codes(values).tolist()
     assert from_iter[1] == from_iter[4]

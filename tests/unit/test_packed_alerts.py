@@ -1,4 +1,5 @@
-"""Alerts packed for passing between processes come back equal, field for field."""
+"""Alerts packed for passing between processes, or parked in the detector between batches,
+come back equal, field for field."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from datetime import UTC, datetime
 
 from rayworker.alerts import Alert, PackedAlerts
 from rayworker.clock import FixedClock
-from rayworker.detect import Detector, DetectorConfig
+from rayworker.detect import Detector, DetectorConfig, _park_alert, _unpark_alert
 from rayworker.rules import builtin_pack
 from rayworker.sources.synthetic import SyntheticConfig, generate
+from tests.unit.test_builtin_rules import CLOCK, fails, only
 
 
 def _alerts() -> list[Alert]:
@@ -34,3 +36,35 @@ def test_packed_alerts_unpack_to_equal_alerts_and_survive_pickling() -> None:
 def test_an_empty_pack_unpacks_to_no_alerts() -> None:
     """Packing nothing gives nothing back."""
     assert PackedAlerts.pack([]).unpack() == []
+
+
+def test_a_parked_alert_comes_back_equal_whatever_its_evidence_ids() -> None:
+    """Open alerts are held packed between batches; derived ids pack to 16 bytes, and ids
+    that would not come back exactly (named, upper-case hex) stay text."""
+    alert = _alerts()[0]
+    derived = list(alert.evidence_ids)
+    for evidence in (
+        derived,
+        [*derived, "login-42"],
+        ["ev-" + "AB" * 16],
+        ["ev-" + "zz" * 16],
+        [],
+    ):
+        alert.evidence_ids = evidence
+        assert _unpark_alert(_park_alert(alert)) == alert
+    alert.evidence_ids = derived
+    assert len(_park_alert(alert)) < len(PackedAlerts.pack([alert]).data) - 16 * len(derived)
+
+
+def test_what_the_caller_sets_on_an_alert_stays_in_its_later_versions() -> None:
+    """The alert a batch returns stays the detector's own until its next call: a trace id a
+    shard sets on it is in the alert's next version (the open alert was parked between)."""
+    detector = Detector(builtin_pack(), clock=CLOCK)
+    first = only(detector.process_lines(fails(5)).alerts, "failed_auth")
+    assert len(first) == 1
+    first[0].trace_id = "0af7651916cd43dd8448eb211c80319c"
+    later = only(detector.process_lines(fails(1, start=45.0)).alerts, "failed_auth")
+    assert len(later) == 1
+    assert later[0] is not first[0]
+    assert later[0].occurrences == 2
+    assert later[0].trace_id == "0af7651916cd43dd8448eb211c80319c"
