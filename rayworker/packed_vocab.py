@@ -19,6 +19,7 @@ Python's string hash is salted per process, which is fine here: codes live only 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -33,12 +34,32 @@ _I64 = npt.NDArray[np.int64]
 _NUMERIC = (bool, int, float)
 _string_hash: Callable[[str], int] = hash  # a module attribute: a test forces collisions
 _GROWTH = 1.25  # per-code arrays grow by a quarter: a doubling would idle half their bytes
+_FEW_REPEATS = 50_000  # from this many values on, a batch factorises with a __missing__ dict
 
 
 class _FirstSeen(dict[Any, int]):
     def __missing__(self, key: Any) -> int:
         code = self[key] = len(self)
         return code
+
+
+def _factorise(values: Iterable[Any]) -> tuple[_I64, list[Any]]:
+    """Dense codes in first-seen order, and the distinct values (by plain equality)."""
+    items = values if isinstance(values, list) else list(values)
+    n = len(items)
+    if n >= _FEW_REPEATS:
+        # Long batches repeat most values: a Python call per new value costs little.
+        table = _FirstSeen()
+        local = np.fromiter(map(table.__getitem__, items), dtype=np.int64, count=n)
+        return local, list(table)
+    # Short batches are mostly distinct values: no Python call per value at all. Each
+    # value's code is the position where it first appears, made dense afterwards.
+    first_at: dict[Any, int] = {}
+    position = np.fromiter(map(first_at.setdefault, items, itertools.count()), np.int64, n)
+    firsts = np.fromiter(first_at.values(), dtype=np.int64, count=len(first_at))
+    dense = np.empty(n, dtype=np.int64)
+    dense[firsts] = np.arange(len(firsts))
+    return dense[position], list(first_at)
 
 
 class _Values:
@@ -121,14 +142,12 @@ class PackedVocab:
 
     def codes_from(self, values: Callable[[], Iterable[Any]]) -> _I64:
         """The codes of the values a fresh iterator from ``values()`` yields."""
-        table = _FirstSeen()
         try:
-            # One C-level pass to batch-local codes (a batch repeats its values several
-            # times over); the packed strings are then searched once per distinct value.
-            local = np.fromiter(map(table.__getitem__, values()), dtype=np.int64)
+            # Batch-local codes first (a batch repeats its values several times over); the
+            # packed strings are then searched once per distinct value.
+            local, distinct = _factorise(values())
         except TypeError:  # a list or dict value: value by value
             return np.array([self.code(v) for v in values()], dtype=np.int64)
-        distinct = list(table)
         kinds = set(map(type, distinct))
         if kinds <= {str}:
             per_value = self._string_codes(distinct)
