@@ -27,6 +27,7 @@ CORE = [
     PACKAGE / "backtest_suggest.py",
     PACKAGE / "checkpoint.py",
     PACKAGE / "columnar.py",
+    PACKAGE / "packed_vocab.py",
     PACKAGE / "resilience.py",
     *sorted((PACKAGE / "rules").glob("*.py")),
 ]
