@@ -1218,16 +1218,19 @@ class Detector:
         missing = np.array([any(v is None for v in c) for c in combos], dtype=np.bool_)
         return codes | combo.codes(combos), missing
 
-    def _code_of(self, runtime: _RuleRuntime, key: tuple[Any, ...]) -> int:
-        """The persistent code of a key tuple (assigning codes as needed)."""
-        plain = _plain(key)
-        code = self._tenants.code(plain[0]) << GROUP_BITS
+    def _codes_of(
+        self, runtime: _RuleRuntime, keys: Sequence[tuple[Any, ...]]
+    ) -> npt.NDArray[np.int64]:
+        """The persistent codes of key tuples (assigning codes as needed), in one lookup per
+        vocabulary: a packed lookup has a fixed cost per call, and a restore has every key."""
+        plain = [_plain(key) for key in keys]
+        codes = self._tenants.codes([p[0] for p in plain]) << GROUP_BITS
         specs = runtime.group_specs
         if len(specs) == 1:
-            code |= self._groups.code(plain[1])
+            codes |= self._groups.codes([p[1] for p in plain])
         elif specs and runtime.combo is not None:
-            code |= runtime.combo.code(tuple(plain[1:]))
-        return code
+            codes |= runtime.combo.codes([tuple(p[1:]) for p in plain])
+        return codes
 
     def _key_tuple(self, runtime: _RuleRuntime, code: int) -> tuple[Any, ...]:
         """The key tuple of a persistent key code."""
@@ -1640,9 +1643,9 @@ class Detector:
         """After a restore: move keys with monotone conditions into the store."""
         if runtime.store is None:
             return
+        keys = list(runtime.windows)
         codes = []
-        for key in runtime.windows:
-            code = self._code_of(runtime, key)
+        for key, code in zip(keys, self._codes_of(runtime, keys).tolist(), strict=True):
             runtime.slow_codes[code] = key
             if runtime.params(key[0]).lower is not None:
                 codes.append(code)

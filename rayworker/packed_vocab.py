@@ -128,7 +128,7 @@ class PackedVocab:
         if length < 0:
             return self._other_values.get(code)
         start = int(self._off[code])
-        return self._blob[start : start + length].decode("utf-8")
+        return self._blob[start : start + length].decode("utf-8", "surrogatepass")
 
     def code(self, value: Any) -> int:
         """The code of a value, assigned on first sight."""

@@ -15,7 +15,7 @@ from rayworker import packed_vocab
 from rayworker.columnar import ValueVocab
 from rayworker.packed_vocab import PackedVocab
 
-TEXT = st.text(alphabet=st.sampled_from(["a", "b", "é", "😀", "-", "0"]), max_size=4)
+TEXT = st.text(alphabet=st.sampled_from(["a", "b", "é", "😀", "\ud800", "-", "0"]), max_size=4)
 STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("codes"), st.lists(TEXT | st.none(), max_size=12)),
