@@ -39,8 +39,7 @@ def test_an_empty_pack_unpacks_to_no_alerts() -> None:
 
 
 def test_a_parked_alert_comes_back_equal_whatever_its_evidence_ids() -> None:
-    """Open alerts are held packed between batches; derived ids pack to 16 bytes, and ids
-    that would not come back exactly (named, upper-case hex) stay text."""
+    """A parked alert unparks equal, derived, named and upper-case evidence ids alike."""
     alert = _alerts()[0]
     derived = list(alert.evidence_ids)
     for evidence in (
@@ -57,8 +56,7 @@ def test_a_parked_alert_comes_back_equal_whatever_its_evidence_ids() -> None:
 
 
 def test_what_the_caller_sets_on_an_alert_stays_in_its_later_versions() -> None:
-    """The alert a batch returns stays the detector's own until its next call: a trace id a
-    shard sets on it is in the alert's next version (the open alert was parked between)."""
+    """A trace id set on a returned alert is in that alert's next version."""
     detector = Detector(builtin_pack(), clock=CLOCK)
     first = only(detector.process_lines(fails(5)).alerts, "failed_auth")
     assert len(first) == 1

@@ -71,8 +71,7 @@ def _check_same_as_dict_vocab(steps: list[tuple[str, list[object]]]) -> None:
 def test_codes_pair_one_to_one_with_the_dict_vocabulary(
     steps: list[tuple[str, list[object]]],
 ) -> None:
-    """Through any codes/retain sequence, equal values share a code, different values never do,
-    and every code gives back its value (non-ASCII and empty strings, None included)."""
+    """Through any codes/retain sequence, codes pair one to one with the dict vocabulary's."""
     _check_same_as_dict_vocab(steps)
 
 
@@ -89,8 +88,7 @@ def test_hash_collisions_never_merge_different_strings(
 def test_a_collided_string_keeps_its_code_after_its_rival_is_forgotten(
     colliding_hash: None,
 ) -> None:
-    """A string coded through the collision dict is found again once the table entry it
-    collided with is gone, instead of getting a second code."""
+    """A string coded through the collision dict keeps its code after its rival is freed."""
     vocab = PackedVocab()
     first, second = vocab.codes(["ab", "cd"]).tolist()
     assert first != second
@@ -103,8 +101,7 @@ def test_a_collided_string_keeps_its_code_after_its_rival_is_forgotten(
 
 
 def test_forgetting_most_strings_compacts_the_text() -> None:
-    """Freed strings' bytes are reclaimed once they are most of the text, and the survivors
-    keep their codes and values."""
+    """Freed strings' bytes are reclaimed; the survivors keep their codes and values."""
     vocab = PackedVocab()
     codes = vocab.codes([f"principal-{i:05d}" for i in range(1000)]).tolist()
     full = len(vocab._blob)
