@@ -615,7 +615,7 @@ class EventBatch:
         return sub
 
 
-class _FirstSeen(dict[Any, int]):
+class FirstSeen(dict[Any, int]):
     """Codes in first-seen order: a missing value gets the next code (one C-level pass)."""
 
     def __missing__(self, key: Any) -> int:
@@ -625,7 +625,7 @@ class _FirstSeen(dict[Any, int]):
 
 def _factorise_plain(values: Iterable[Any]) -> tuple[list[int], list[Any]]:
     """Codes and vocabulary (first-seen order) of hashable values, by plain equality."""
-    table = _FirstSeen()
+    table = FirstSeen()
     codes = list(map(table.__getitem__, values))
     return codes, list(table)
 

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rayworker.columnar import typed_key
+from rayworker.events import FirstSeen
 
 __all__ = ["PackedVocab"]
 
@@ -37,19 +38,13 @@ _GROWTH = 1.25  # per-code arrays grow by a quarter: a doubling would idle half 
 _FEW_REPEATS = 50_000  # from this many values on, a batch factorises with a __missing__ dict
 
 
-class _FirstSeen(dict[Any, int]):
-    def __missing__(self, key: Any) -> int:
-        code = self[key] = len(self)
-        return code
-
-
 def _factorise(values: Iterable[Any]) -> tuple[_I64, list[Any]]:
     """Dense codes in first-seen order, and the distinct values (by plain equality)."""
     items = values if isinstance(values, list) else list(values)
     n = len(items)
     if n >= _FEW_REPEATS:
         # Long batches repeat most values: a Python call per new value costs little.
-        table = _FirstSeen()
+        table = FirstSeen()
         local = np.fromiter(map(table.__getitem__, items), dtype=np.int64, count=n)
         return local, list(table)
     # Short batches are mostly distinct values: no Python call per value at all. Each
