@@ -49,6 +49,7 @@ from rayworker.columnar import (
     IdWords,
     ValueVocab,
     Vocab,
+    decode_id,
     digest_ids,
     encode_ids,
     plain_classes,
@@ -225,35 +226,26 @@ class _Params:
 
 
 _PARK = msgspec.msgpack.Encoder()
-_DERIVED_ID_LEN = 35
 _ALERT_FIELDS = tuple(f.name for f in fields(Alert))
 _EVIDENCE = _ALERT_FIELDS.index("evidence_ids")
 
 
 def _park_alert(alert: Alert) -> bytes:
-    """An alert as compact msgpack: its field values in order (no names), and derived
-    evidence ids as their 16 bytes each (the text ids are two thirds of an alert)."""
+    """An alert as compact msgpack: its field values in order (no names), and evidence ids
+    that are all derived as their 128 bits each (the text ids are two thirds of an alert)."""
     values: list[Any] = [getattr(alert, name) for name in _ALERT_FIELDS]
-    ids: list[str] = values[_EVIDENCE]
-    digits = "".join(i[3:] for i in ids)
-    if all(i.startswith("ev-") and len(i) == _DERIVED_ID_LEN for i in ids):
-        try:
-            packed = bytes.fromhex(digits)
-        except ValueError:
-            packed = None
-        # Only ids that come back exactly as they were (lower-case hex) are packed.
-        if packed is not None and packed.hex() == digits:
-            values[_EVIDENCE] = packed
+    words = encode_ids(values[_EVIDENCE])
+    if not words.named.any():  # a named id (or one not in canonical form) stays text
+        values[_EVIDENCE] = np.column_stack([words.hi, words.lo]).astype(">u8").tobytes()
     return _PARK.encode(values)
 
 
 def _unpark_alert(data: bytes) -> Alert:
     """The alert :func:`_park_alert` packed."""
     values = msgspec.msgpack.decode(data)
-    ids = values[_EVIDENCE]
-    if isinstance(ids, bytes):
-        digits = ids.hex()
-        values[_EVIDENCE] = ["ev-" + digits[i : i + 32] for i in range(0, len(digits), 32)]
+    if isinstance(values[_EVIDENCE], bytes):
+        words = digest_ids(values[_EVIDENCE])
+        values[_EVIDENCE] = list(map(decode_id, words.hi.tolist(), words.lo.tolist()))
     return Alert(*values)
 
 
