@@ -551,10 +551,10 @@ class _BatchKeys:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
         """Persistent codes of one group key's values at ``index``, and where they are None."""
         vocab = self.detector._groups
-        if len(spec) == 1 and len(index) * 4 >= len(self.batch):
-            cached = self._specs.get(spec)
+        cached = self._specs.get(spec)
+        if cached is not None or (len(spec) == 1 and len(index) * 4 >= len(self.batch)):
             if cached is None:
-                # One dict pass straight to persistent codes (no batch factorisation first).
+                # One pass over the whole column, shared by every rule that groups by it.
                 batch, path = self.batch, spec[0]
                 codes = vocab.codes_from(lambda: batch.iter_values(path))
                 none_code = vocab.code_if_known(None)

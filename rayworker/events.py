@@ -52,6 +52,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from rayworker.known_values import KnownValues
+
 __all__ = [
     "MAX_LINE_BYTES",
     "MAX_STRING_CHARS",
@@ -343,19 +345,52 @@ class EventDecoder:
         else:
             wire = _WireEvent
         self._decode: Callable[[bytes | str], Any] = msgspec.json.Decoder(wire).decode
+        self.known = KnownValues(wire)
+        self._decode_known: Callable[[bytes | str], Any] | None = None
 
     def decode(self, lines: Sequence[bytes], *, start_index: int = 0) -> DecodeResult:
         """Decode lines (bytes without newline) into a batch plus its rejections."""
-        decode = self._decode
         try:
             if lines and max(map(len, lines)) > MAX_LINE_BYTES:
                 raise ValueError  # take the careful path below
-            events = [decode(line) for line in lines]
+            events = self._decode_all(lines)
             raws = list(lines)
             rejections: list[Rejection] = []
         except (msgspec.DecodeError, ValueError):
             events, raws, rejections = self._decode_carefully(lines, start_index)
         return self._columnise(events, raws, rejections)
+
+    def _decode_all(self, lines: Sequence[bytes]) -> list[Any]:
+        """Every line decoded, repeating values as the known literals where all are known.
+
+        Raises DecodeError (for the careful path) when some line is not a valid event.
+        """
+        decode = self._decode
+        fast = self._decode_known
+        if fast is None:
+            events = [decode(line) for line in lines]
+            self._learn(events)
+            return events
+        events = []
+        rest = iter(lines)
+        plain: list[Any] = []
+        while True:
+            try:
+                # extend() keeps what it took before a line failed, so len(events) says which.
+                events.extend(map(fast, rest))
+                break
+            except msgspec.ValidationError:
+                event = decode(lines[len(events)])  # a new value, or an invalid event
+                events.append(event)
+                plain.append(event)
+        if plain:
+            self._learn(plain)
+        return events
+
+    def _learn(self, events: list[Any]) -> None:
+        if self.known.learn(events):
+            struct = self.known.struct
+            self._decode_known = None if struct is None else msgspec.json.Decoder(struct).decode
 
     def _decode_carefully(
         self, lines: Sequence[bytes], start_index: int

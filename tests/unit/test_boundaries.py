@@ -28,6 +28,7 @@ CORE = [
     PACKAGE / "checkpoint.py",
     PACKAGE / "columnar.py",
     PACKAGE / "packed_vocab.py",
+    PACKAGE / "known_values.py",
     PACKAGE / "resilience.py",
     *sorted((PACKAGE / "rules").glob("*.py")),
 ]
