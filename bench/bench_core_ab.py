@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         head = Detector(builtin_pack(), clock=CLOCK)
         decoder = EventDecoder(builtin_pack().fields())
         spent = {"base": 0.0, "head": 0.0, "decode": 0.0}
+        # Each alert's latest version, as JSON: both detectors must report exactly the same.
+        alerts: dict[str, dict[str, Any]] = {"base": {}, "head": {}}
         for i, part in enumerate(parts):
             started = time.perf_counter()
             decoder.decode(part)
@@ -84,15 +86,21 @@ def main(argv: list[str] | None = None) -> int:
             turns = [("base", base), ("head", head)]
             for name, detector in turns if i % 2 == 0 else reversed(turns):
                 started = time.perf_counter()
-                detector.process_lines(part)
+                result = detector.process_lines(part)
                 spent[name] += time.perf_counter() - started
+                alerts[name].update((a.id, a.to_json()) for a in result.alerts)
+        for name, detector in (("base", base), ("head", head)):
+            alerts[name].update((a.id, a.to_json()) for a in detector.flush().alerts)
     n = len(lines)
+    same = alerts["base"] == alerts["head"]
     print(f"core A/B: {n:,} events, batches of {args.batch:,}, base {args.rev}")
     print(f"  base  {spent['base']:8.3f} s   (b)/(a) = {spent['decode'] / spent['base']:.3f}")
     print(f"  head  {spent['head']:8.3f} s   (b)/(a) = {spent['decode'] / spent['head']:.3f}")
     ratio = spent["head"] / spent["base"]
     print(f"  head / base = {ratio:.3f}   (a) decode {spent['decode']:.3f} s")
-    return 0
+    verdict = "identical" if same else "DIFFERENT"
+    print(f"  alerts: base {len(alerts['base']):,}, head {len(alerts['head']):,}, {verdict}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -96,6 +96,7 @@ __all__ = [
 _US = 1_000_000
 _VECTOR_MIN = 32  # below this many candidates the per-event path is as fast
 _NEVER = -(2**62)
+_NO_KEEP = 2**62  # a store compaction's keep for rows of no cap
 _SNAPSHOT_VERSION = 1
 _VOCAB_GC_MIN = 10_000  # forget unused group-value codes once the vocabularies reach this
 # (and twice what was live after the last time); 0 forgets after every batch, for tests.
@@ -249,36 +250,66 @@ def _unpark_alert(data: bytes) -> Alert:
     return Alert(*values)
 
 
+class _Wake:
+    """The open alerts a detector holds unpacked, and the number of its current call."""
+
+    __slots__ = ("awake", "call")
+
+    def __init__(self) -> None:
+        self.awake: list[_Open] = []
+        self.call = 0
+
+    def park_idle(self) -> None:
+        """Start a call: park the alerts the call that just ended did not touch."""
+        ended = self.call
+        kept = []
+        for current in self.awake:
+            if current.seen == ended and current.is_awake:
+                kept.append(current)
+            else:
+                current.park()
+        self.awake = kept
+        self.call = ended + 1
+
+
 class _Open:
     """An alert whose suppression period can still receive hits.
 
-    Between batches the alert is *parked*: held as its msgpack encoding, which costs about a
-    third of the objects (an alert holds up to ``evidence_cap`` event-id strings, and most
-    open alerts receive nothing for minutes). Touching :attr:`alert` unpacks it and puts it
-    on the detector's ``awake`` list; the detector parks that list at the start of its next
-    call, so the object it returned stays its own until then (a shard sets ``trace_id`` on
-    it after a batch).
+    An alert left untouched for a whole call is *parked*: held as its msgpack encoding,
+    which costs about a third of the objects (an alert holds up to ``evidence_cap`` event-id
+    strings, and most open alerts receive nothing for minutes). Touching :attr:`alert`
+    unpacks it. The detector parks, at the start of each call, what the call before did not
+    touch: the object it returned stays its own until then (a shard sets ``trace_id`` on it
+    after a batch), and an alert hit batch after batch is not packed and unpacked each time.
     """
 
-    __slots__ = ("_alert", "_awake", "_packed", "first_id", "first_t", "period_end")
+    __slots__ = ("_alert", "_packed", "_wake", "first_id", "first_t", "period_end", "seen")
 
-    def __init__(self, alert: Alert, first_t: int, first_id: str, awake: list[_Open]) -> None:
+    def __init__(self, alert: Alert, first_t: int, first_id: str, wake: _Wake) -> None:
         self._alert: Alert | None = alert
         self._packed = b""
-        self._awake = awake
+        self._wake = wake
         self.first_t = first_t
         self.first_id = first_id
         self.period_end = alert.period_end_us
-        awake.append(self)
+        self.seen = wake.call
+        wake.awake.append(self)
 
     @property
     def alert(self) -> Alert:
-        """The alert, unpacked (and awake until the detector's next call)."""
+        """The alert, unpacked (and awake until a call that does not touch it has ended)."""
+        wake = self._wake
         if self._alert is None:
             self._alert = _unpark_alert(self._packed)
             self._packed = b""
-            self._awake.append(self)
+            wake.awake.append(self)
+        self.seen = wake.call
         return self._alert
+
+    @property
+    def is_awake(self) -> bool:
+        """Whether the alert is held unpacked."""
+        return self._alert is not None
 
     def view(self) -> Alert:
         """The alert as it stands, without waking it (a parked one is a fresh copy)."""
@@ -347,6 +378,11 @@ class _RuleRuntime:
             self.store = CountStore(tagged=self.kind in ("sequence", "distinct"))
         self.tag_vocab: Vocab | None = None
         self.store_keys = 0
+        # A count rule's store is compacted once it grew by a quarter since it last was, so
+        # that eviction costs O(1) per event however small the batches: until then, per
+        # tenant code, the watermark, width and keep it will be compacted with.
+        self.pending: tuple[npt.NDArray[np.int64], ...] | None = None
+        self.rows_after_compact = 0
         self.slow_codes: dict[int, tuple[Any, ...]] = {}
         self.combo: ValueVocab | None = ValueVocab() if len(self.group_specs) > 1 else None
         # Settled events whose tags are exactly this are evicted (see KeyWindow.compact).
@@ -626,7 +662,7 @@ class Detector:
                 runtime.tag_vocab = self._groups
         self._live_codes = 0
         # Open alerts touched since the detector's last call (parked at the start of the next).
-        self._awake: list[_Open] = []
+        self._wake = _Wake()
         signatures = group_signatures(pack)
         if len(signatures) > MAX_SIGNATURES:
             msg = (
@@ -764,9 +800,7 @@ class Detector:
         return result
 
     def _park(self) -> None:
-        for current in self._awake:
-            current.park()
-        self._awake.clear()
+        self._wake.park_idle()
 
     def active_keys(self) -> int:
         """Number of (rule, tenant, group) keys holding window state."""
@@ -1241,6 +1275,7 @@ class Detector:
         """Move keys from the columnar store to per-key windows (for the per-event path)."""
         if runtime.store is None:
             return
+        pending = runtime.pending
         for block in runtime.store.take(codes):
             key = self._key_tuple(runtime, block.code)
             window = KeyWindow()
@@ -1248,6 +1283,17 @@ class Detector:
             window.ids = block.ids
             window.tags = self._tag_values(runtime, block.tags)
             window.hits = block.hits
+            if pending is not None:  # the compaction it missed (see _compact_store)
+                c = block.code >> GROUP_BITS
+                if c < len(pending[0]) and pending[0][c] != _NEVER:
+                    keep = int(pending[2][c])
+                    window.compact(
+                        int(pending[0][c]),
+                        int(pending[1][c]),
+                        keep if keep != _NO_KEEP else None,
+                        distinct=False,
+                        finished_tag=runtime.finished_tag,
+                    )
             runtime.windows[key] = window
             runtime.slow_codes[block.code] = key
 
@@ -1296,15 +1342,33 @@ class Detector:
         values = vocab.values
         return [values[c] for c in tags]
 
-    def _compact_store(self, runtime: _RuleRuntime, tenant_codes: Iterable[int]) -> None:
-        """Evict store rows of these tenants' keys that their watermarks have passed."""
+    def _compact_store(
+        self, runtime: _RuleRuntime, tenant_codes: Iterable[int], *, force: bool = False
+    ) -> None:
+        """Evict store rows of these tenants' keys that their watermarks have passed.
+
+        A count rule defers this until its store grew by a quarter (or ``force``): rows a
+        watermark has passed are never counted (windows end at the event), and a key's rows
+        beyond ``keep`` only ever raise a count that is capped at ``keep``, so what is
+        detected is the same; a key leaving for the per-event path is compacted first
+        (:meth:`_migrate_out`), and a snapshot compacts, so state is as if never deferred.
+        The watermarks are those of each tenant's last batch, as if compacted then."""
         store = runtime.store
-        if store is None or not len(store):
+        if store is None:
+            return
+        if not len(store):
+            runtime.pending, runtime.rows_after_compact = None, 0
             return
         size = len(self._tenants.values)
-        wm = np.full(size, _NEVER, dtype=np.int64)
-        width = np.zeros(size, dtype=np.int64)
-        keep = np.full(size, 2**62, dtype=np.int64)
+        if runtime.pending is not None and len(runtime.pending[0]) >= size:
+            wm, width, keep = runtime.pending
+        else:
+            wm = np.full(size, _NEVER, dtype=np.int64)
+            width = np.zeros(size, dtype=np.int64)
+            keep = np.full(size, _NO_KEEP, dtype=np.int64)
+            if runtime.pending is not None:
+                held = len(runtime.pending[0])
+                wm[:held], width[:held], keep[:held] = runtime.pending
         values = self._tenants.values
         for c in tenant_codes:
             tenant = values[c]
@@ -1312,10 +1376,15 @@ class Detector:
             if seen is None:
                 continue
             params = runtime.params(tenant)
+            # Overwritten, not raised: a freed tenant code may belong to another tenant now.
             wm[c] = seen - self._lateness_us
             width[c] = params.window_us
-            if params.keep is not None:
-                keep[c] = params.keep
+            keep[c] = params.keep if params.keep is not None else _NO_KEEP
+        growth = len(store) - runtime.rows_after_compact
+        if runtime.kind == "threshold" and not force and growth * 4 < runtime.rows_after_compact:
+            runtime.pending = (wm, width, keep)
+            return
+        runtime.pending = None
         tenant_of = store.keys >> GROUP_BITS
         store.compact(
             wm[tenant_of],
@@ -1328,6 +1397,7 @@ class Detector:
                 else None
             ),
         )
+        runtime.rows_after_compact = len(store)
         runtime.store_keys = store.n_keys()
 
     def _after_insert(
@@ -1467,7 +1537,7 @@ class Detector:
                 period_end_us=start + period,
             )
             self._render(runtime, alert, params)
-            periods[start] = _Open(alert, t, event_id, self._awake)
+            periods[start] = _Open(alert, t, event_id, self._wake)
             metrics.alerts[(tenant, rule.id, alert.severity)] += 1
         else:
             alert = current.alert
@@ -1558,7 +1628,7 @@ class Detector:
         if not final and store is not None:
             if len(store):
                 tenants = np.flatnonzero(np.bincount(store.keys >> GROUP_BITS)).tolist()
-                self._compact_store(runtime, tenants)
+                self._compact_store(runtime, tenants, force=True)
             for key in [k for k in runtime.open if k not in runtime.windows]:
                 seen = self._max_seen.get(key[0])
                 if seen is not None:
@@ -1650,6 +1720,8 @@ class Detector:
         """The whole detector state as plain data (JSON- and msgpack-friendly)."""
         rules: dict[str, Any] = {}
         for runtime in self._rules:
+            if runtime.pending is not None:
+                self._compact_store(runtime, (), force=True)
             rules[runtime.rule.id] = {
                 "version": runtime.rule.version,
                 "events_since_sweep": runtime.events_since_sweep,
@@ -1717,7 +1789,7 @@ class Detector:
                     alert = Alert(**state)
                     periods = runtime.open.setdefault(_key(key), {})
                     periods[alert.period_start_us] = _Open(
-                        alert, int(first_t), str(first_id), detector._awake
+                        alert, int(first_t), str(first_id), detector._wake
                     )
             except (KeyError, TypeError, ValueError) as exc:
                 msg = f"snapshot state of rule {runtime.rule.id!r} is corrupt: {exc}"

@@ -56,13 +56,27 @@ def test_a_parked_alert_comes_back_equal_whatever_its_evidence_ids() -> None:
 
 
 def test_what_the_caller_sets_on_an_alert_stays_in_its_later_versions() -> None:
-    """A trace id set on a returned alert is in that alert's next version."""
+    """A trace id set on a returned alert is in its next version, after a park and unpark."""
     detector = Detector(builtin_pack(), clock=CLOCK)
     first = only(detector.process_lines(fails(5)).alerts, "failed_auth")
     assert len(first) == 1
     first[0].trace_id = "0af7651916cd43dd8448eb211c80319c"
+    detector.process_lines([])  # a call that does not touch it: parked when the next starts
     later = only(detector.process_lines(fails(1, start=45.0)).alerts, "failed_auth")
     assert len(later) == 1
     assert later[0] is not first[0]
     assert later[0].occurrences == 2
     assert later[0].trace_id == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_an_alert_hit_call_after_call_stays_unpacked() -> None:
+    """An alert touched by every call is one object throughout; an idle call parks it."""
+    detector = Detector(builtin_pack(), clock=CLOCK)
+    first = only(detector.process_lines(fails(5)).alerts, "failed_auth")
+    second = only(detector.process_lines(fails(1, start=45.0)).alerts, "failed_auth")
+    assert second[0] is first[0]
+    assert second[0].occurrences == 2
+    detector.process_lines([])
+    detector.process_lines([])
+    ((periods,),) = [r.open.values() for r in detector._rules if r.rule.id == "failed_auth"]
+    assert not any(current.is_awake for current in periods.values())
