@@ -93,6 +93,16 @@ class Alert:
         """Event time of the latest hit, as a datetime."""
         return _EPOCH + timedelta(microseconds=self.last_seen_us)
 
+    def evidence_window(self) -> dict[str, Any]:
+        """The window the evidence was counted in, the watermark when the alert fired, and
+        the rule version (JSON, as in :meth:`to_json`)."""
+        return {
+            "start": iso_utc(self.window_start_us),
+            "end": iso_utc(self.window_end_us),
+            "watermark": iso_utc(self.watermark_us),
+            "rule_version": self.rule_version,
+        }
+
     def to_json(self) -> dict[str, Any]:
         """The alert as JSON: the original's fields plus identity, counts and evidence."""
         return {
@@ -115,12 +125,7 @@ class Alert:
             "occurrences": self.occurrences,
             "count": self.count,
             "evidence": self.evidence_ids,
-            "evidence_window": {
-                "start": iso_utc(self.window_start_us),
-                "end": iso_utc(self.window_end_us),
-                "watermark": iso_utc(self.watermark_us),
-                "rule_version": self.rule_version,
-            },
+            "evidence_window": self.evidence_window(),
             "suppression_period": {
                 "start": iso_utc(self.period_start_us),
                 "end": iso_utc(self.period_end_us),

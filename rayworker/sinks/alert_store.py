@@ -421,8 +421,7 @@ def not_found(alert_id: str) -> AlertNotFound:
 
 def evidence_window(alert: Alert) -> dict[str, Any]:
     """The evidence window of an alert as stored (the shape of ``Alert.to_json``)."""
-    window: dict[str, Any] = alert.to_json()["evidence_window"]
-    return window
+    return alert.evidence_window()
 
 
 def fold_batch(alerts: Iterable[Alert]) -> builtins.list[Alert]:
