@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from opentelemetry.trace import SpanKind
 
+from rayworker.alerts import PackedAlerts
 from rayworker.autoscale import Autoscaler
 from rayworker.balance import LoadBalancer
 from rayworker.checkpoint import ROUTER_OWNER, decode_state
@@ -41,6 +42,7 @@ from rayworker.pipeline.sinks import (
     METRICS_ACTOR,
     MetricsActor,
     flush_sink_telemetry,
+    persist_alert_batches,
     persist_alerts,
     record_metrics,
 )
@@ -284,7 +286,16 @@ class Pipeline:
         A task worker process takes a second or two to start and import; without this the
         first batches' latency would include it.
         """
-        warm = [persist_alerts.remote(self.settings, []) for _ in range(_SINK_WORKERS)]
+        # The functions the router calls, with what it sends: a worker's first call of a
+        # function fetches it and imports what it needs, which takes a second of CPU too.
+        warm = [
+            call
+            for _ in range(_SINK_WORKERS)
+            for call in (
+                persist_alert_batches.remote(self.settings, PackedAlerts.pack([])),
+                persist_alerts.remote(self.settings, []),
+            )
+        ]
         if self.settings.metrics_backend != "memory":
             warm += [
                 record_metrics.remote(self.settings, MetricDeltas(), {})
