@@ -179,6 +179,13 @@ def _as_float(value: object) -> float:
         return math.nan
 
 
+_MEMO_LIMIT = 4096  # verdicts a field predicate remembers
+
+
+def _only_strings(values: Sequence[Any]) -> bool:
+    return set(map(type, values)) <= {str}
+
+
 class _FieldPredicate(Predicate):
     def __init__(self, cond: FieldCondition) -> None:
         self.path = cond.field
@@ -188,9 +195,30 @@ class _FieldPredicate(Predicate):
             for name, fn in _NUMERIC_OPS
             if getattr(cond, name) is not None
         ]
+        self._memo: dict[str, bool] = {}
 
     def _value_ok(self, value: object) -> bool:
         return all(test(value) for test in self.value_tests)
+
+    def _table(self, vocab: Sequence[Any]) -> npt.NDArray[np.bool_]:
+        """Whether each value of a batch's vocabulary passes the value tests.
+
+        Batches repeat the same few values (tenants, actions, outcomes), so verdicts on
+        strings are remembered: a string's verdict depends on nothing but the string. The
+        memo is emptied when it fills, so a column of ever-new values costs no memory."""
+        memo = self._memo
+        verdicts: list[bool | None] = (
+            list(map(memo.get, vocab)) if _only_strings(vocab) else [None] * len(vocab)
+        )
+        if None in verdicts:
+            if len(memo) + len(vocab) > _MEMO_LIMIT:
+                memo.clear()
+            for i, value in enumerate(vocab):
+                if verdicts[i] is None:
+                    verdicts[i] = ok = self._value_ok(value)
+                    if type(value) is str:
+                        memo[value] = ok
+        return np.array(verdicts, dtype=np.bool_)
 
     def _number_ok(self, value: object) -> bool:
         x = _as_float(value)
@@ -207,10 +235,7 @@ class _FieldPredicate(Predicate):
         out = np.ones(n, dtype=np.bool_)
         if self.value_tests:
             codes, vocab = view.codes(self.path)
-            table = np.fromiter(
-                (self._value_ok(v) for v in vocab), dtype=np.bool_, count=len(vocab)
-            )
-            out &= np.take(table, codes)
+            out &= np.take(self._table(vocab), codes)
         if self.numeric:
             x = view.numbers(self.path)
             ok = ~np.isnan(x)

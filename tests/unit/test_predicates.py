@@ -281,3 +281,25 @@ events = st.fixed_dictionaries(
 def test_mask_agrees_with_matches(filter_data: dict[str, Any], batch: list[dict[str, Any]]) -> None:
     """For random filters and events, the vectorised mask equals the scalar matches."""
     check(filter_data, batch)
+
+
+@settings(max_examples=100, deadline=None)
+@given(filters, st.lists(st.lists(events, max_size=8), min_size=2, max_size=4))
+def test_one_predicate_over_many_batches_agrees_with_matches(
+    filter_data: dict[str, Any], batches: list[list[dict[str, Any]]]
+) -> None:
+    """A predicate reused batch after batch (remembering verdicts) still equals matches."""
+    predicate = compile_filter(FILTER.validate_python(filter_data))
+    for batch in batches:
+        expected = [predicate.matches(event) for event in batch]
+        assert predicate.mask(ListView(batch)).tolist() == expected
+
+
+def test_remembered_verdicts_are_bounded() -> None:
+    """A column of ever-new strings never grows a predicate's memory past its limit."""
+    predicate = compile_filter(FILTER.validate_python({"field": "a", "contains": "7"}))
+    for start in range(0, 20_000, 1_000):
+        batch = [{"a": f"v{i}"} for i in range(start, start + 1_000)]
+        assert predicate.mask(ListView(batch)).tolist() == ["7" in e["a"] for e in batch]
+    memo = predicate._memo  # type: ignore[attr-defined]
+    assert 0 < len(memo) <= 4096
