@@ -661,7 +661,7 @@ class Detector:
             if runtime.kind == "distinct":
                 runtime.tag_vocab = self._groups
         self._live_codes = 0
-        # Open alerts touched since the detector's last call (parked at the start of the next).
+        # Open alerts held unpacked; those a call did not touch are parked when the next starts.
         self._wake = _Wake()
         signatures = group_signatures(pack)
         if len(signatures) > MAX_SIGNATURES:
@@ -1680,6 +1680,14 @@ class Detector:
         self._tenants.retain(live_tenants)
         self._groups.retain(live_groups)
         self._live_codes = self._vocab_sizes()
+        # A freed tenant code may be given to another tenant: a deferred compaction must not
+        # apply the old tenant's watermark to the new one's rows.
+        for runtime in self._rules:
+            if runtime.pending is not None:
+                wm = runtime.pending[0]
+                freed = np.ones(len(wm), dtype=np.bool_)
+                freed[[c for c in live_tenants if c < len(wm)]] = False
+                wm[freed] = _NEVER
 
     def _vocab_sizes(self) -> int:
         """Codes held by every vocabulary (tenants, group values, combinations, tags)."""
