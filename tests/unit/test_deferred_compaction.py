@@ -34,15 +34,24 @@ def run(detector: Detector, lines: list[bytes], batch: int) -> tuple[AlertBook, 
     return book, state
 
 
+def same_alerts_as_eager(
+    config: SyntheticConfig, batch: int
+) -> tuple[AlertBook, dict[str, Any], dict[str, Any]]:
+    """Run both detectors over the traffic; assert identical alerts; return the deferred
+    one's alerts and both snapshots."""
+    lines = list(generate(config))
+    deferred, deferred_state = run(Detector(builtin_pack(), clock=CLOCK), lines, batch)
+    eager, eager_state = run(EagerDetector(builtin_pack(), clock=CLOCK), lines, batch)
+    assert [a.to_json() for a in deferred.sorted()] == [a.to_json() for a in eager.sorted()]
+    return deferred, deferred_state, eager_state
+
+
 def test_deferred_compaction_detects_and_holds_what_eager_compaction_does() -> None:
     """Small batches of dense, out-of-order traffic: identical alerts, keys and rows."""
     config = SyntheticConfig(
         events=30_000, tenants=4, principals=60, duration_s=900.0, disorder_ms=20_000, seed=3
     )
-    lines = list(generate(config))
-    deferred, deferred_state = run(Detector(builtin_pack(), clock=CLOCK), lines, 250)
-    eager, eager_state = run(EagerDetector(builtin_pack(), clock=CLOCK), lines, 250)
-    assert [a.to_json() for a in deferred.sorted()] == [a.to_json() for a in eager.sorted()]
+    deferred, deferred_state, eager_state = same_alerts_as_eager(config, 250)
     assert len(deferred) > 50
     for rule_id, state in deferred_state["rules"].items():
         assert state["keys"] == eager_state["rules"][rule_id]["keys"], rule_id
@@ -56,10 +65,7 @@ def test_deferred_compaction_with_codes_forgotten_after_every_batch(
     config = SyntheticConfig(
         events=12_000, tenants=6, principals=40, duration_s=600.0, disorder_ms=10_000, seed=4
     )
-    lines = list(generate(config))
-    deferred, _ = run(Detector(builtin_pack(), clock=CLOCK), lines, 200)
-    eager, _ = run(EagerDetector(builtin_pack(), clock=CLOCK), lines, 200)
-    assert [a.to_json() for a in deferred.sorted()] == [a.to_json() for a in eager.sorted()]
+    same_alerts_as_eager(config, 200)
 
 
 def test_a_freed_tenant_code_has_no_deferred_watermark(monkeypatch: pytest.MonkeyPatch) -> None:
