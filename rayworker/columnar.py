@@ -29,6 +29,7 @@ import numpy.typing as npt
 __all__ = [
     "GROUP_BITS",
     "GROUP_MASK",
+    "NUMERIC_TYPES",
     "Block",
     "CountStore",
     "IdWords",
@@ -193,7 +194,8 @@ class _CodeTable(dict[Any, int]):
         return self.vocab.code(value)
 
 
-_NUMERIC = frozenset({bool, int, float})
+NUMERIC_TYPES = frozenset({bool, int, float})
+"""The types plain equality may mix (``1 == 1.0 == True``)."""
 
 
 class ValueVocab:
@@ -216,7 +218,7 @@ class ValueVocab:
         k = typed_key(value)
         c = self._codes.get(k)
         if c is None:
-            if type(value) in _NUMERIC:
+            if type(value) in NUMERIC_TYPES:
                 self.numeric = True
             if self._free:
                 c = self._free.pop()

@@ -26,13 +26,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from rayworker.columnar import typed_key
+from rayworker.columnar import NUMERIC_TYPES, typed_key
 from rayworker.events import FirstSeen
 
 __all__ = ["PackedVocab"]
 
 _I64 = npt.NDArray[np.int64]
-_NUMERIC = (bool, int, float)
 _string_hash: Callable[[str], int] = hash  # a module attribute: a test forces collisions
 _GROWTH = 1.25  # per-code arrays grow by a quarter: a doubling would idle half their bytes
 _FEW_REPEATS = 50_000  # from this many values on, a batch factorises with a __missing__ dict
@@ -146,7 +145,7 @@ class PackedVocab:
         kinds = set(map(type, distinct))
         if kinds <= {str}:
             per_value = self._string_codes(distinct)
-        elif kinds & {bool, int, float}:
+        elif kinds & NUMERIC_TYPES:
             # 1, 1.0 and True shared a slot of the batch's dict: code value by value.
             return np.array([self.code(v) for v in values()], dtype=np.int64)
         else:
@@ -283,7 +282,7 @@ class PackedVocab:
         code = int(self._allocate(1)[0])
         self._other[key] = code
         self._other_values[code] = value
-        if type(value) in _NUMERIC:
+        if type(value) in NUMERIC_TYPES:
             self.numeric = True
         return code
 
