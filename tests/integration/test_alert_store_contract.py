@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -661,6 +662,28 @@ def test_sqlite_migrations_apply_once_and_detect_tampering() -> None:
             check_sqlite(conn)
         with pytest.raises(MigrationError, match="changed after it was applied"):
             migrate_sqlite(conn)
+    finally:
+        conn.close()
+
+
+def test_sqlite_file_store_uses_the_write_ahead_log(tmp_path: Path) -> None:
+    """A file store opens its database in WAL mode (one sync per commit; readers never wait
+    for a commit), and the database stays in it for every later connection."""
+    path = tmp_path / "alerts.db"
+
+    async def scenario() -> None:
+        store = SqliteAlertStore(path)
+        await store.open()
+        try:
+            await store.upsert([make_alert("a-1", "t1")])
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("SELECT id FROM alerts").fetchall() == [("a-1",)]
     finally:
         conn.close()
 
