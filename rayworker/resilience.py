@@ -156,6 +156,11 @@ class StoreGuard:
         """The guarded store's name."""
         return self._name
 
+    @property
+    def healthy(self) -> bool:
+        """The breaker is closed and the last call succeeded."""
+        return self._breaker == "closed" and not self._failures
+
     async def call(self, fn: Callable[[], Awaitable[_T]]) -> _T:
         """``await fn()`` until it succeeds, retrying outage errors; returns its result.
 

@@ -41,6 +41,11 @@ class GroupCommit(Generic[T]):
         """Submits not yet taken by a write."""
         return len(self._queue)
 
+    @property
+    def idle(self) -> bool:
+        """No write is running and none is waiting."""
+        return not self._queue and (self._writer is None or self._writer.done())
+
     async def _drain(self) -> None:
         while self._queue:
             taken, self._queue = self._queue, []

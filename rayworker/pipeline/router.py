@@ -43,9 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -286,6 +288,9 @@ class Router:
         self._space: asyncio.Condition | None = None
         self._turns = _Turns()
         self._alert_writes = GroupCommit(self._write_alerts)
+        self._early_writes = 0
+        self.early_writes = 0
+        """Alert writes submitted with their shard batch (:meth:`_early_write`)."""
         self._background: list[asyncio.Task[None]] = []
         self._senders: dict[int, asyncio.Task[None]] = {}
         self._metrics_actor: Any = None
@@ -616,6 +621,47 @@ class Router:
         await self.alert_store.call(lambda: _persist_batches.remote(self.settings, *batches))
         self._notify(batches)
 
+    def _early_write(self, alerts: ray.ObjectRef[PackedAlerts]) -> asyncio.Future[int] | None:
+        """Submit the write of a batch's alerts with the batch, while the store is idle.
+
+        Ray runs the task as soon as the shard has produced the alerts, so they are persisted
+        without waiting for this router to hear the answer and then submit the write (which
+        waits its turn on the router's event loop). A busy store gets joined writes instead
+        (:mod:`~rayworker.pipeline.group_commit`), which cost less per alert. The upsert is
+        idempotent and order-free (counts and times only grow), so an early write that
+        overlaps another is safe; at most one per shard is in flight.
+        """
+        if self._early_writes >= len(self.shards) or not self._alert_writes.idle:
+            return None
+        if not self.alert_store.healthy:
+            return None
+        write: asyncio.Future[int] = asyncio.ensure_future(
+            _persist_batches.remote(self.settings, alerts)
+        )
+        self._early_writes += 1
+        self.early_writes += 1
+        write.add_done_callback(self._early_written)
+        return write
+
+    def _early_written(self, write: asyncio.Future[int]) -> None:
+        self._early_writes -= 1
+        if not write.cancelled():
+            # Retrieved here: the write of a batch whose shard failed (it fails with the
+            # shard's error) or that raised no alerts is never awaited.
+            write.exception()
+
+    async def _persist_early(
+        self, write: asyncio.Future[int], alerts: ray.ObjectRef[PackedAlerts]
+    ) -> None:
+        """Await an early write under the store's guard; a retry submits the write anew."""
+        first: list[Awaitable[int]] = [write]
+
+        def attempt() -> Awaitable[int]:
+            return first.pop() if first else _persist_batches.remote(self.settings, alerts)
+
+        await self.alert_store.call(attempt)
+        self._notify([alerts])
+
     def _flush(self, shard: int) -> None:
         buffer = self.buffers[shard]
         if not buffer.parts:
@@ -677,14 +723,25 @@ class Router:
                     item.batch, item.trace, epoch
                 )
                 answer: asyncio.Future[ShardOutput] = asyncio.ensure_future(rest)
+                early = None if item.trace is not None else self._early_write(alerts)
                 # The slot frees when the shard answers; persisting its alerts must not hold
                 # it, or the database's latency would cap detection throughput.
                 inflight.add(answer)
                 answer.add_done_callback(inflight.discard)
-                finishing = asyncio.create_task(self._complete(answer, alerts, item))
+                answer.add_done_callback(functools.partial(self._answered, shard))
+                finishing = asyncio.create_task(self._complete(answer, alerts, item, early))
                 self.finishing.add(finishing)
                 finishing.add_done_callback(self._finished)
                 await self._notify_space()
+
+    def _answered(self, shard: int, _answer: object) -> None:
+        """Nagle's rule, the other half: a shard that has just gone idle gets its buffer now,
+        not when the buffer's ``linger_ms`` runs out (events that arrived while the shard was
+        busy would otherwise wait up to ``linger_ms`` more than they need to)."""
+        buffer = self.buffers.get(shard)
+        idle = not self.inflight.get(shard) and not self.outbox.get(shard)
+        if buffer is not None and buffer.parts and idle:
+            self._flush(shard)
 
     @staticmethod
     def _next_outgoing(outbox: deque[_Outgoing]) -> _Outgoing:
@@ -732,6 +789,7 @@ class Router:
         answer: asyncio.Future[ShardOutput],
         alerts: ray.ObjectRef[PackedAlerts],
         item: _Outgoing,
+        early: asyncio.Future[int] | None,
     ) -> None:
         error: str | None = None
         try:
@@ -739,7 +797,9 @@ class Router:
             if item.epoch != self.epoch:
                 return  # answered after a recovery: the replay redoes this batch
             self._interval(item.interval).metrics.merge(output.metrics)
-            if output.alert_count:
+            if output.alert_count and early is not None:
+                await self._persist_early(early, alerts)
+            elif output.alert_count:
                 await self._persist_alerts(alerts, output.trace)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
             if item.epoch != self.epoch:
@@ -1295,6 +1355,7 @@ class Router:
             "inflight_batches": sum(len(t) for t in self.inflight.values()),
             "persisting_batches": len(self.finishing),
             "alert_writes": self._alert_writes.writes,
+            "early_alert_writes": self.early_writes,
             "open_tickets": len(self.tickets),
             "epoch": self.epoch,
             "recovering": self._recovering,

@@ -26,6 +26,7 @@ from rayworker.pipeline.sources import StreamBatches, paced_batches
 from rayworker.rules import builtin_pack
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
+from rayworker.sources.synthetic import SyntheticConfig, generate
 from tests.integration.conftest import pump_until_read
 
 pytestmark = pytest.mark.integration
@@ -241,3 +242,43 @@ def test_entries_are_acknowledged_once_persisted_not_at_the_next_read(
     acked_after, acked = asyncio.run(scenario())
     assert acked == 1
     assert acked_after < 2.0, f"acknowledged {acked_after:.2f} s after it was written"
+
+
+def test_a_buffer_goes_when_its_busy_shard_answers_not_after_linger(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """Events buffered while their shard was busy are sent once it answers, not when
+    ``linger_ms`` (here 60 s) runs out; that batch's alerts are written as it is sent."""
+    settings = load_settings(
+        alerts_dsn=f"sqlite:///{tmp_path / 'alerts.db'}",
+        metrics_url="memory://",
+        shards=1,
+        flush_events=1_000_000,
+        linger_ms=60_000,
+        source="jsonl",
+    )
+    config = SyntheticConfig(events=20_100, tenants=20, principals=500, seed=11)
+    lines = list(generate(config))
+    busy, buffered = lines[:20_000], lines[20_000:]
+
+    async def scenario() -> tuple[float, dict[str, Any]]:
+        pipeline = Pipeline(settings)
+        await pipeline.start(migrate=True)
+        router = pipeline.router
+        first = await router.submit.remote(busy)  # the idle shard gets it at once
+        started = time.monotonic()
+        second = await router.submit.remote(buffered)  # the shard is busy: buffered
+        assert (await router.stats.remote())["buffered"] == len(buffered)
+        done: set[int] = set()
+        while {first.ticket, second.ticket} - done and time.monotonic() - started < 20:
+            finished, failed = await router.wait_completed.remote(0.25)
+            assert not failed
+            done.update(finished)
+        elapsed = time.monotonic() - started
+        stats: dict[str, Any] = await router.stats.remote()
+        pipeline.stop()
+        return elapsed, stats
+
+    elapsed, stats = asyncio.run(scenario())
+    assert elapsed < 20, "the buffered batch waited for linger_ms"
+    assert stats["early_alert_writes"] >= 1
