@@ -217,7 +217,7 @@ class SqliteAlertStore(LifecycleActions):
             self._conn = conn
             # Write-ahead log: a commit appends to the log and syncs it once, where the
             # rollback journal syncs the journal and then the database (measured: a pipeline
-            # write of about 50 alerts took 6.5 ms at the median, 3 ms with the log), and
+            # transaction of about 50 alerts took 6.5 ms at the median, 4 ms with the log), and
             # readers (the CLI, health checks) never block the pipeline's writes. FULL keeps
             # every commit on disk before an entry is acknowledged.
             conn.execute("PRAGMA journal_mode=WAL")
