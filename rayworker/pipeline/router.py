@@ -629,7 +629,7 @@ class Router:
         waits its turn on the router's event loop). A busy store gets joined writes instead
         (:mod:`~rayworker.pipeline.group_commit`), which cost less per alert. The upsert is
         idempotent and order-free (counts and times only grow), so an early write that
-        overlaps another is safe; at most one per shard is in flight.
+        overlaps another is safe; no more are in flight than there are shards.
         """
         if self._early_writes >= len(self.shards) or not self._alert_writes.idle:
             return None
