@@ -248,7 +248,7 @@ def test_a_buffer_goes_when_its_busy_shard_answers_not_after_linger(
     ray_cluster: str, tmp_path: Path
 ) -> None:
     """Events buffered while their shard was busy are sent once it answers, not when
-    ``linger_ms`` (here 60 s) runs out; that batch's alerts are written as it is sent."""
+    ``linger_ms`` (here 60 s) runs out; with the store idle, an alert write goes with a batch."""
     settings = load_settings(
         alerts_dsn=f"sqlite:///{tmp_path / 'alerts.db'}",
         metrics_url="memory://",
