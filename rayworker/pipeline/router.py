@@ -479,8 +479,7 @@ class Router:
             # Nagle's rule: buffering only pays while the shard is busy (its batches then
             # grow up to flush_events); an idle shard gets the events now, not after
             # linger_ms.
-            idle = not self.inflight[shard] and not self.outbox[shard]
-            if idle or buffer.events >= self.flush_events:
+            if self._idle(shard) or buffer.events >= self.flush_events:
                 self._flush(shard)
         if part.alerts:
             # Integrity alerts are raised here, while screening; the ticket is done (and its
@@ -739,9 +738,12 @@ class Router:
         not when the buffer's ``linger_ms`` runs out (events that arrived while the shard was
         busy would otherwise wait up to ``linger_ms`` more than they need to)."""
         buffer = self.buffers.get(shard)
-        idle = not self.inflight.get(shard) and not self.outbox.get(shard)
-        if buffer is not None and buffer.parts and idle:
+        if buffer is not None and buffer.parts and self._idle(shard):
             self._flush(shard)
+
+    def _idle(self, shard: int) -> bool:
+        """Nothing of the shard's is in flight or queued (a shard removed counts as idle)."""
+        return not self.inflight.get(shard) and not self.outbox.get(shard)
 
     @staticmethod
     def _next_outgoing(outbox: deque[_Outgoing]) -> _Outgoing:
