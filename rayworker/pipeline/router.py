@@ -616,8 +616,20 @@ class Router:
         await self.alert_store.call(lambda: _persist.remote(self.settings, alerts, trace))
         self._notify([alerts])
 
-    async def _write_alerts(self, batches: list[list[Alert] | ray.ObjectRef[PackedAlerts]]) -> None:
-        await self.alert_store.call(lambda: _persist_batches.remote(self.settings, *batches))
+    async def _write_alerts(
+        self,
+        batches: list[list[Alert] | ray.ObjectRef[PackedAlerts]],
+        submitted: Awaitable[int] | None = None,
+    ) -> None:
+        """Write batches under the store's guard, then notify. ``submitted``: the write of
+        these batches already under way (:meth:`_early_write`), awaited as the first attempt;
+        a retry submits the write anew."""
+        first = [submitted] if submitted is not None else []
+
+        def attempt() -> Awaitable[int]:
+            return first.pop() if first else _persist_batches.remote(self.settings, *batches)
+
+        await self.alert_store.call(attempt)
         self._notify(batches)
 
     def _early_write(self, alerts: ray.ObjectRef[PackedAlerts]) -> asyncio.Future[int] | None:
@@ -648,18 +660,6 @@ class Router:
             # Retrieved here: the write of a batch whose shard failed (it fails with the
             # shard's error) or that raised no alerts is never awaited.
             write.exception()
-
-    async def _persist_early(
-        self, write: asyncio.Future[int], alerts: ray.ObjectRef[PackedAlerts]
-    ) -> None:
-        """Await an early write under the store's guard; a retry submits the write anew."""
-        first: list[Awaitable[int]] = [write]
-
-        def attempt() -> Awaitable[int]:
-            return first.pop() if first else _persist_batches.remote(self.settings, alerts)
-
-        await self.alert_store.call(attempt)
-        self._notify([alerts])
 
     def _flush(self, shard: int) -> None:
         buffer = self.buffers[shard]
@@ -800,7 +800,7 @@ class Router:
                 return  # answered after a recovery: the replay redoes this batch
             self._interval(item.interval).metrics.merge(output.metrics)
             if output.alert_count and early is not None:
-                await self._persist_early(early, alerts)
+                await self._write_alerts([alerts], early)
             elif output.alert_count:
                 await self._persist_alerts(alerts, output.trace)
         except Exception as exc:  # noqa: BLE001 - any failure fails the tickets, never the router
