@@ -69,13 +69,14 @@ from rayworker.chaos import (
 from rayworker.errors import ConfigError
 from rayworker.pipeline.app import Pipeline
 from rayworker.pipeline.router import ROUTER_NAME
-from rayworker.pipeline.runtime import connect_ray
+from rayworker.pipeline.runtime import SYSTEM_CONFIG, connect_ray
 from rayworker.settings import Settings
 
 __all__ = ["NodeDrill", "main", "node_plan"]
 
 _LOCALHOST = "127.0.0.1"
 _SYSTEM_CONFIG = {
+    **SYSTEM_CONFIG,  # what every rayworker cluster runs with
     # A node whose raylet was killed is declared dead after about 3 x 0.5 s instead of the
     # default 5 x 3 s; only then does Ray restart its actors elsewhere.
     "health_check_initial_delay_ms": 1000,

@@ -13,17 +13,27 @@ import os
 
 import ray
 
-__all__ = ["NAMESPACE", "connect_ray"]
+__all__ = ["NAMESPACE", "SYSTEM_CONFIG", "connect_ray"]
 
 NAMESPACE = "rayworker"
 """The Ray namespace of rayworker's named actors (router, shards, metrics)."""
 
 
-SYSTEM_CONFIG: dict[str, object] = {"idle_worker_killing_time_threshold_ms": 300_000}
+SYSTEM_CONFIG: dict[str, object] = {
+    "idle_worker_killing_time_threshold_ms": 300_000,
+    "worker_niceness": 0,
+}
 """Ray settings of a cluster started here (``k8s/`` and ``cluster.yaml`` set the same as
-``RAY_<name>`` variables): task workers idle for up to 5 minutes stay (Ray's default is 1 s
-above a soft limit of one per CPU, which the shard actors already fill), so the sink tasks
-of a pipeline with a quiet second do not pay a new worker process (1-2 s of CPU) each time."""
+``RAY_<name>`` variables).
+
+* Task workers idle for up to 5 minutes stay (Ray's default is 1 s above a soft limit of one
+  per CPU, which the shard actors already fill), so the sink tasks of a pipeline with a quiet
+  second do not pay a new worker process (1-2 s of CPU) each time.
+* Workers run at the node's normal priority. Ray's default renices them to 15, which suits
+  batch jobs, but here the workers *are* the pipeline: at nice 15 any process at normal
+  priority on the node (two busy loops, in the measurement) took all but ~3 % of the CPU
+  from the router and shards, and event-to-alert latency rose from 80 ms to 10-19 s.
+"""
 
 
 def connect_ray(
