@@ -111,7 +111,7 @@ class NodeDrill:
             num_cpus=head_cpus,
             node_ip_address=_LOCALHOST,
             include_dashboard=False,
-            _system_config=_SYSTEM_CONFIG,
+            _system_config=dict(_SYSTEM_CONFIG),  # ray.init adds its defaults to it
         )
         drill = cls(cluster, worker_cpus)
         drill.labels[head.node_id] = "head"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import ray
 
@@ -19,10 +21,9 @@ NAMESPACE = "rayworker"
 """The Ray namespace of rayworker's named actors (router, shards, metrics)."""
 
 
-SYSTEM_CONFIG: dict[str, object] = {
-    "idle_worker_killing_time_threshold_ms": 300_000,
-    "worker_niceness": 0,
-}
+SYSTEM_CONFIG: Mapping[str, object] = MappingProxyType(
+    {"idle_worker_killing_time_threshold_ms": 300_000, "worker_niceness": 0}
+)
 """Ray settings of a cluster started here (``k8s/`` and ``cluster.yaml`` set the same as
 ``RAY_<name>`` variables).
 
@@ -33,6 +34,8 @@ SYSTEM_CONFIG: dict[str, object] = {
   batch jobs, but here the workers *are* the pipeline: at nice 15 any process at normal
   priority on the node (two busy loops, in the measurement) took all but ~3 % of the CPU
   from the router and shards, and event-to-alert latency rose from 80 ms to 10-19 s.
+
+Read-only: ``ray.init`` adds its defaults to the dict it is given, so it gets a copy.
 """
 
 
@@ -62,7 +65,7 @@ def connect_ray(
                 include_dashboard=False,
                 num_cpus=num_cpus,
                 runtime_env={"env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}},
-                _system_config=SYSTEM_CONFIG,
+                _system_config=dict(SYSTEM_CONFIG),
                 **common,  # type: ignore[arg-type]
             )
         else:

@@ -7,6 +7,8 @@ import os
 import pytest
 import ray
 
+from rayworker.pipeline.runtime import SYSTEM_CONFIG
+
 
 @ray.remote
 def _task_niceness() -> int:
@@ -28,3 +30,11 @@ def test_workers_run_at_the_drivers_priority(ray_cluster: str) -> None:
         assert ray.get(probe.niceness.remote()) == os.nice(0)
     finally:
         ray.kill(probe)
+
+
+def test_starting_ray_leaves_the_system_config_as_written(ray_cluster: str) -> None:
+    """ray.init fills in its defaults on a copy, not on rayworker's SYSTEM_CONFIG."""
+    assert dict(SYSTEM_CONFIG) == {
+        "idle_worker_killing_time_threshold_ms": 300_000,
+        "worker_niceness": 0,
+    }
