@@ -18,7 +18,7 @@ Measured in one run, so the ratios hold on a noisy machine:
     router's own partitioning (pure: no Ray needed).
 
 Run: .venv/bin/python bench/bench_pipeline.py [--events 1000000] [--shards 2]
-     [--imbalance-only]
+     [--imbalance-only | --latency-only | --throughput-only] [--runs N]
 """
 
 from __future__ import annotations
@@ -240,11 +240,21 @@ def main() -> None:
     parser.add_argument("--imbalance-only", action="store_true", help="only (d); no Ray")
     parser.add_argument("--latency-only", action="store_true", help="only (c)")
     parser.add_argument(
-        "--runs", type=int, default=1, help="(c) this many times (one p99 is one noisy sample)"
+        "--throughput-only", action="store_true", help="only (b), with (a) and (a') around it"
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="(c), or (b) with --throughput-only, this many times (one run is a noisy sample)",
     )
     args = parser.parse_args()
     if args.imbalance_only:
         print_imbalance(min(args.events, 300_000))
+        return
+    if args.throughput_only:
+        config = SyntheticConfig(events=args.events, tenants=100, principals=10_000, seed=5)
+        print_throughput(list(generate(config)), args.shards, args.runs)
         return
     if args.latency_only:
         config = SyntheticConfig(events=args.latency_events, tenants=100, principals=10_000, seed=5)
@@ -318,6 +328,25 @@ def main() -> None:
         )
         print_latency(lines[: args.latency_events], args.rate, args.shards, Path(tmp))
     print_imbalance(min(args.events, 300_000))
+
+
+def print_throughput(lines: list[bytes], shards: int, runs: int) -> None:
+    """(b) ``runs`` times on one Ray, each between measurements of (a) and (a')."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(runs):
+            before = core_rate(lines)
+            replay = replay_rate(lines, Path(tmp))
+            rate, _ = asyncio.run(
+                pipeline_rate(lines, shards=shards, per_entry=500, offered=None, tmp=Path(tmp))
+            )
+            after = core_rate(lines)
+            core = (before + after) / 2
+            print(
+                f"(b) pipeline, 500 events per entry: {rate:,.0f} events/s; (a) {before:,.0f} /"
+                f" {after:,.0f}, (a') {replay:,.0f}; ratio to (a) {rate / core:.2f},"
+                f" to (a') {rate / replay:.2f} (target >= 0.5)",
+                flush=True,
+            )
 
 
 def print_latency(lines: list[bytes], rate: float, shards: int, tmp: Path) -> float:
