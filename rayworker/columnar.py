@@ -36,6 +36,7 @@ __all__ = [
     "ValueVocab",
     "Vocab",
     "decode_id",
+    "decode_ids",
     "digest_ids",
     "encode_ids",
     "plain_classes",
@@ -123,6 +124,17 @@ def _parse_ids(ids: Sequence[str]) -> tuple[_U64, _U64, npt.NDArray[np.bool_]]:
 def decode_id(hi: int, lo: int) -> str:
     """The text of a derived id from its 128 bits."""
     return f"ev-{hi:016x}{lo:016x}"
+
+
+def decode_ids(hi: _U64, lo: _U64) -> list[str]:
+    """The texts of derived ids from their 128 bits (:func:`decode_id` of each, in one hex
+    conversion: about a quarter of the time of formatting them one by one)."""
+    n = len(hi)
+    words = np.empty((n, 2), dtype=">u8")
+    words[:, 0] = hi
+    words[:, 1] = lo
+    text = words.tobytes().hex()
+    return ["ev-" + text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 def typed_key(value: Any) -> Any:
@@ -356,16 +368,10 @@ class CountStore:
 
     def _block(self, code: int, lo: int, hi: int) -> Block:
         n = hi - lo
-        names = self.names
-        ids = [
-            names[b] if flag else decode_id(a, b)
-            for a, b, flag in zip(
-                self.id_hi[lo:hi].tolist(),
-                self.id_lo[lo:hi].tolist(),
-                self.named[lo:hi].tolist(),
-                strict=True,
-            )
-        ]
+        id_lo = self.id_lo[lo:hi]
+        ids = decode_ids(self.id_hi[lo:hi], id_lo)
+        for j in np.flatnonzero(self.named[lo:hi]).tolist():
+            ids[j] = self.names[int(id_lo[j])]
         return Block(
             code,
             self.times[lo:hi].tolist(),

@@ -49,7 +49,7 @@ from rayworker.columnar import (
     IdWords,
     ValueVocab,
     Vocab,
-    decode_id,
+    decode_ids,
     digest_ids,
     encode_ids,
     plain_classes,
@@ -246,7 +246,7 @@ def _unpark_alert(data: bytes) -> Alert:
     values = msgspec.msgpack.decode(data)
     if isinstance(values[_EVIDENCE], bytes):
         words = digest_ids(values[_EVIDENCE])
-        values[_EVIDENCE] = list(map(decode_id, words.hi.tolist(), words.lo.tolist()))
+        values[_EVIDENCE] = decode_ids(words.hi, words.lo)
     return Alert(*values)
 
 

@@ -15,6 +15,8 @@ from rayworker.columnar import (
     CountStore,
     ValueVocab,
     Vocab,
+    decode_id,
+    decode_ids,
     digest_ids,
     encode_ids,
     plain_classes,
@@ -206,6 +208,17 @@ def test_digested_ids_equal_the_derived_ids(raws: list[bytes]) -> None:
     assert from_text.hi.tolist() == from_digest.hi.tolist()
     assert from_text.lo.tolist() == from_digest.lo.tolist()
     assert not from_text.named.any()
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)), max_size=20))
+def test_ids_decoded_together_equal_ids_decoded_one_by_one(words: list[tuple[int, int]]) -> None:
+    """decode_ids gives decode_id's text for every row (leading zeros, extremes, none)."""
+    hi = np.array([w[0] for w in words], dtype=np.uint64)
+    lo = np.array([w[1] for w in words], dtype=np.uint64)
+    texts = decode_ids(hi, lo)
+    assert texts == [decode_id(a, b) for a, b in words]
+    assert encode_ids(texts).hi.tolist() == hi.tolist()
 
 
 def test_sequence_keys_at_the_state_cap_behave_as_on_the_per_event_path() -> None:
