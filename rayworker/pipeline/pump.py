@@ -326,6 +326,7 @@ class Pump:
             token = self.tokens.pop(t, None)
             self.traces.pop(t, None)
             blamed = blames(error, t in self.isolated)
+            _log.warning("a batch failed (ticket %d): %s", t, error)
             if self.driver.recoverable and token is not None and blamed:
                 for entry in token:
                     self.failures.setdefault(entry, []).append(error)

@@ -1244,6 +1244,11 @@ class Router:
     async def _watch_shards(self, epoch: int) -> None:
         """Report a shard that restarted (or died) while no batch went to it: without this,
         an idle shard's lost state would only be noticed with its next batch."""
+        if self._recovering:
+            # The shards are being restored into ``epoch``: one not restored yet answers
+            # None, and the recovery may be over when that answer is judged, which made a
+            # healthy shard count as restarted and forced a second recovery.
+            return
         calls = {s: h.current_epoch.remote() for s, h in self.shards.items()}
         for shard, call in calls.items():
             try:

@@ -4,8 +4,11 @@ is ever lost, whichever of the feed loop and the acknowledger hears of it first.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+
+import pytest
 
 from rayworker.pipeline.pump import Batch, Pump
 from rayworker.pipeline.router import Receipt
@@ -117,3 +120,22 @@ def test_the_acknowledger_takes_answered_receipts_of_early_tickets() -> None:
         return acked
 
     assert asyncio.run(scenario()) == ["entry-0"]
+
+
+def test_a_failed_batch_is_logged_with_its_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A failed ticket is not acknowledged, and a warning names it and the router's error."""
+
+    async def scenario() -> tuple[bool, list[Any]]:
+        pump, acked = _pump()
+        pump.in_flight.append((Batch([b"{}"], token="entry-3"), _answered(3)))
+        assert await pump._receive()
+        ok = await pump._finished([], [(3, "shard 1 restarted (state epoch None)")])
+        return ok, acked
+
+    with caplog.at_level(logging.WARNING, logger="rayworker.pump"):
+        ok, acked = asyncio.run(scenario())
+    assert not ok
+    assert acked == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "a batch failed (ticket 3): shard 1 restarted (state epoch None)"
+    ]
