@@ -230,6 +230,11 @@ def imbalance(events: int, shards: int) -> dict[str, float]:
     }
 
 
+def pipeline_workload(events: int) -> list[bytes]:
+    """The synthetic events of (a)-(c): 100 Zipf tenants, about 10k principals, seed 5."""
+    return list(generate(SyntheticConfig(events=events, tenants=100, principals=10_000, seed=5)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -253,12 +258,10 @@ def main() -> None:
         print_imbalance(min(args.events, 300_000))
         return
     if args.throughput_only:
-        config = SyntheticConfig(events=args.events, tenants=100, principals=10_000, seed=5)
-        print_throughput(list(generate(config)), args.shards, args.runs)
+        print_throughput(pipeline_workload(args.events), args.shards, args.runs)
         return
     if args.latency_only:
-        config = SyntheticConfig(events=args.latency_events, tenants=100, principals=10_000, seed=5)
-        lines = list(generate(config))
+        lines = pipeline_workload(args.latency_events)
         p99s = []
         for _ in range(args.runs):
             with tempfile.TemporaryDirectory() as tmp:
@@ -270,8 +273,7 @@ def main() -> None:
                 f" {met} of {args.runs} within 250 ms"
             )
         return
-    config = SyntheticConfig(events=args.events, tenants=100, principals=10_000, seed=5)
-    lines = list(generate(config))
+    lines = pipeline_workload(args.events)
     print(f"{len(lines):,} synthetic events, {args.shards} shards, {os.cpu_count()} cores")
     cores = [core_rate(lines)]
     print(f"(a) single-process core:            {cores[0]:>10,.0f} events/s")
