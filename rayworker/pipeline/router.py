@@ -288,7 +288,7 @@ class Router:
         self._space: asyncio.Condition | None = None
         self._turns = _Turns()
         self._alert_writes = GroupCommit(self._write_alerts)
-        self._early_writes = 0
+        self._early_in_flight = 0
         self.early_writes = 0
         """Alert writes submitted with their shard batch (:meth:`_early_write`)."""
         self._background: list[asyncio.Task[None]] = []
@@ -642,20 +642,20 @@ class Router:
         idempotent and order-free (counts and times only grow), so an early write that
         overlaps another is safe; no more are in flight than there are shards.
         """
-        if self._early_writes >= len(self.shards) or not self._alert_writes.idle:
+        if self._early_in_flight >= len(self.shards) or not self._alert_writes.idle:
             return None
         if not self.alert_store.healthy:
             return None
         write: asyncio.Future[int] = asyncio.ensure_future(
             _persist_batches.remote(self.settings, alerts)
         )
-        self._early_writes += 1
+        self._early_in_flight += 1
         self.early_writes += 1
         write.add_done_callback(self._early_written)
         return write
 
     def _early_written(self, write: asyncio.Future[int]) -> None:
-        self._early_writes -= 1
+        self._early_in_flight -= 1
         if not write.cancelled():
             # Retrieved here: the write of a batch whose shard failed (it fails with the
             # shard's error) or that raised no alerts is never awaited.
