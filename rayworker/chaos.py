@@ -39,13 +39,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -97,6 +98,10 @@ _GIVE_UP_S = 90.0
 """How long a plan waits for the pipeline to answer (or progress) again before it raises."""
 _CHECK_TIMEOUT_S = 2.0
 """How long an acknowledgement waits to check the store's latest checkpoint."""
+_T = TypeVar("_T")
+_WIND_DOWN_S = 120.0
+"""How long each step of a drill's end (the pump draining after the stop, the router
+finishing, the last reads) may take before the drill raises with every task's stack."""
 
 
 class Restartable(Protocol):
@@ -749,6 +754,26 @@ async def _metrics_events(settings: Settings) -> int | None:
             await store.close()
 
 
+async def _wind_down(what: str, step: Awaitable[_T], timeout_s: float = _WIND_DOWN_S) -> _T:
+    """Await one step of a drill's end; a step that hangs raises with where every task
+    waits (a hung drill otherwise holds its caller, CI included, until it is killed)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        stacks = _task_stacks()
+        task.cancel()
+        msg = f"a drill hung: {what} did not end within {timeout_s:g} s. Tasks:\n{stacks}"
+        raise TimeoutError(msg)
+    return task.result()
+
+
+def _task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    return out.getvalue()
+
+
 async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeeping
     settings: Settings,
     lines: list[bytes],
@@ -827,8 +852,8 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
     sampler = asyncio.create_task(_sample_lag(settings, report))
     producing = asyncio.create_task(_produce(producer, lines, ranges, rate, report, produced))
     striking = asyncio.create_task(strike())
-    try:
-        report.pump = await pipeline.pump(
+    pumping = asyncio.create_task(
+        pipeline.pump(
             source.__aiter__(),
             ack=checked,
             dead_letter=source.dead_letter,
@@ -836,12 +861,17 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
             replay=source.replay,
             lag=consumer_lag(consumer),
         )
-        await striking
-        await producing
-        await pipeline.router.finish.remote()
-        report.router = await _router_stats(pipeline)
+    )
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({pumping, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        report.pump = await _wind_down("the pump's drain after the stop", pumping)
+        await _wind_down("the fault plan", striking)
+        await _wind_down("the producer", producing)
+        await _wind_down("router.finish", pipeline.router.finish.remote())
+        report.router = await _wind_down("router.stats", _router_stats(pipeline))
         # redis-py types the reply as a union; without decode_responses it is all bytes.
-        records: Any = await client.xrange(settings.dead_letter_stream)
+        records: Any = await _wind_down("XRANGE", client.xrange(settings.dead_letter_stream))
         report.dead_letters = [fields for _, fields in records]
     except Exception as exc:
         # Say what the router saw: the errors behind a failed drill are in its counters.
@@ -850,7 +880,7 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
             exc.add_note(f"router errors: {stats.get('errors')}, epoch {stats.get('epoch')}")
         raise
     finally:
-        for task in (sampler, producing, striking):
+        for task in (sampler, producing, striking, pumping, stopped):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
