@@ -32,13 +32,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_core
+
 from rayworker.alerts import AlertBook
 from rayworker.backtest import Runner, line_batches, run_backtest
 from rayworker.backtest_points import parse_sweep, point_overrides
 from rayworker.clock import FixedClock
 from rayworker.detect import Detector
 from rayworker.rules import Overrides, RulePack, builtin_pack
-from rayworker.sources.synthetic import SyntheticConfig, generate
 
 OUT = Path(__file__).resolve().parent / "out"
 CLOCK = FixedClock(datetime(2030, 1, 1, tzinfo=UTC))
@@ -47,12 +50,7 @@ START = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
 def load_events(n: int) -> list[bytes]:
     """The synthetic workload of n events (1M per hour of event time), cached on disk."""
-    OUT.mkdir(exist_ok=True)
-    path = OUT / f"events-{n}-{START:%H%M}.jsonl"
-    if not path.exists():
-        config = SyntheticConfig(events=n, duration_s=3600.0 * n / 1_000_000, start=START)
-        path.write_bytes(b"".join(line + b"\n" for line in generate(config)))
-    return path.read_bytes().splitlines()
+    return bench_core.load_events(n, START)
 
 
 def replay_point(

@@ -44,9 +44,10 @@ CLOCK = FixedClock(datetime(2030, 1, 1, tzinfo=UTC))
 
 
 def load_events(n: int, start: datetime) -> list[bytes]:
-    """The synthetic workload of n events (1M per hour of event time), cached on disk."""
+    """The synthetic workload of n events (1M per hour of event time) from ``start``, cached
+    on disk under a name that holds both."""
     OUT.mkdir(exist_ok=True)
-    path = OUT / f"events-{n}-{start:%H%M}.jsonl"
+    path = OUT / f"events-{n}-{start:%Y%m%dT%H%M}.jsonl"
     if not path.exists():
         config = SyntheticConfig(events=n, duration_s=3600.0 * n / 1_000_000, start=start)
         path.write_bytes(b"".join(line + b"\n" for line in generate(config)))
