@@ -1847,7 +1847,7 @@ def screen_batch(
                     "timestamp",
                     msg,
                     batch.raw[i],
-                    start_index + i,
+                    start_index + batch.line_of(i),
                     tenant_of(i),
                 )
             )
@@ -1868,7 +1868,13 @@ def screen_batch(
         ids = batch.ids()
         for i in np.flatnonzero(late).tolist():
             result.late.append(
-                LateEvent(ids[i], tenant_of(i), int(batch.ts[i]), int(wm_after[i]), start_index + i)
+                LateEvent(
+                    ids[i],
+                    tenant_of(i),
+                    int(batch.ts[i]),
+                    int(wm_after[i]),
+                    start_index + batch.line_of(i),
+                )
             )
             metrics.late[tenant_of(i)] += 1
     usable = accepted & ~late

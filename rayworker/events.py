@@ -350,6 +350,7 @@ class EventDecoder:
 
     def decode(self, lines: Sequence[bytes], *, start_index: int = 0) -> DecodeResult:
         """Decode lines (bytes without newline) into a batch plus its rejections."""
+        positions: list[int] | None = None  # None: event i came from line i
         try:
             if lines and max(map(len, lines)) > MAX_LINE_BYTES:
                 raise ValueError  # take the careful path below
@@ -357,8 +358,8 @@ class EventDecoder:
             raws = list(lines)
             rejections: list[Rejection] = []
         except (msgspec.DecodeError, ValueError):
-            events, raws, rejections = self._decode_carefully(lines, start_index)
-        return self._columnise(events, raws, rejections)
+            events, raws, rejections, positions = self._decode_carefully(lines, start_index)
+        return self._columnise(events, raws, rejections, positions, start_index)
 
     def _decode_all(self, lines: Sequence[bytes]) -> list[Any]:
         """Every line decoded, repeating values as the known literals where all are known.
@@ -394,10 +395,11 @@ class EventDecoder:
 
     def _decode_carefully(
         self, lines: Sequence[bytes], start_index: int
-    ) -> tuple[list[Any], list[bytes], list[Rejection]]:
+    ) -> tuple[list[Any], list[bytes], list[Rejection], list[int]]:
         events: list[Any] = []
         raws: list[bytes] = []
         rejections: list[Rejection] = []
+        positions: list[int] = []
         for offset, line in enumerate(lines):
             index = start_index + offset
             if not line.strip():
@@ -409,13 +411,19 @@ class EventDecoder:
             try:
                 events.append(self._decode(line))
                 raws.append(line)
+                positions.append(offset)
             except msgspec.DecodeError as exc:
                 reason, fld, msg = _classify(exc)
                 rejections.append(Rejection(reason, fld, msg, line, index, _tenant_hint(line)))
-        return events, raws, rejections
+        return events, raws, rejections, positions
 
     def _columnise(
-        self, events: list[Any], raws: list[bytes], rejections: list[Rejection]
+        self,
+        events: list[Any],
+        raws: list[bytes],
+        rejections: list[Rejection],
+        positions: list[int] | None,
+        start_index: int,
     ) -> DecodeResult:
         micros: list[int] = []
         keep: list[int] | None = None
@@ -437,7 +445,8 @@ class EventDecoder:
                             "timestamp",
                             msg,
                             raws[i],
-                            tenant=event.organization_id,
+                            start_index + (positions[i] if positions is not None else i),
+                            event.organization_id,
                         )
                     )
                     continue
@@ -449,7 +458,9 @@ class EventDecoder:
         if keep is not None:
             events = [events[i] for i in keep]
             raws = [raws[i] for i in keep]
-        batch = EventBatch(events, raws, np.array(micros, dtype=np.int64), naive)
+            positions = [positions[i] for i in keep] if positions is not None else keep
+        lines_of = np.array(positions, dtype=np.int64) if positions is not None else None
+        batch = EventBatch(events, raws, np.array(micros, dtype=np.int64), naive, lines_of)
         return DecodeResult(batch, rejections)
 
 
@@ -510,7 +521,17 @@ def _getter(path: str) -> Callable[[Any], Any]:
 class EventBatch:
     """A decoded batch in columnar form, with lazily built, cached columns."""
 
-    __slots__ = ("_codes", "_ids", "_numbers", "_values", "events", "naive", "raw", "ts")
+    __slots__ = (
+        "_codes",
+        "_ids",
+        "_numbers",
+        "_values",
+        "events",
+        "lines_of",
+        "naive",
+        "raw",
+        "ts",
+    )
 
     def __init__(
         self,
@@ -518,11 +539,15 @@ class EventBatch:
         raw: list[bytes],
         ts: npt.NDArray[np.int64],
         naive: int = 0,
+        lines_of: npt.NDArray[np.int64] | None = None,
     ) -> None:
         self.events = events
         self.raw = raw
         self.ts = ts
         self.naive = naive
+        # The input line (position in the decoded lines) of each event, where blank or
+        # rejected lines made them differ; None when event i came from line i.
+        self.lines_of = lines_of
         self._ids: list[str] | None = None
         self._values: dict[str, list[Any]] = {}
         self._codes: dict[str, tuple[npt.NDArray[np.int32], list[Any]]] = {}
@@ -530,6 +555,11 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.events)
+
+    def line_of(self, i: int) -> int:
+        """The position among the decoded lines of the line event i came from (what a
+        rejection's or late event's ``index`` counts, before the batch's start index)."""
+        return i if self.lines_of is None else int(self.lines_of[i])
 
     @classmethod
     def empty(cls) -> EventBatch:
@@ -644,6 +674,7 @@ class EventBatch:
             [self.events[i] for i in idx],
             [self.raw[i] for i in idx],
             self.ts[np.asarray(idx, dtype=np.intp)] if idx else np.zeros(0, dtype=np.int64),
+            lines_of=np.array([self.line_of(i) for i in idx], dtype=np.int64),
         )
         if self._ids is not None:
             sub._ids = [self._ids[i] for i in idx]

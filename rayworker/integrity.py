@@ -510,7 +510,14 @@ class IntegrityMonitor:
                     reason, message = problem
                     accepted[i] = False
                     out.rejections.append(
-                        Rejection(reason, "signature", message, raw[i], start_index + i, tenant)
+                        Rejection(
+                            reason,
+                            "signature",
+                            message,
+                            raw[i],
+                            start_index + batch.line_of(i),
+                            tenant,
+                        )
                     )
                     continue
             stamp = proofs.timestamp
