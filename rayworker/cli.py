@@ -45,7 +45,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from rayworker import cli_alerts, cli_backtest, cli_pipeline, cli_shards, cli_silences
+from rayworker import (
+    cli_alerts,
+    cli_backtest,
+    cli_dead_letters,
+    cli_pipeline,
+    cli_shards,
+    cli_silences,
+)
 from rayworker.alerts import AlertBook
 from rayworker.cli_common import positive_int, positive_seconds, seconds
 from rayworker.detect import Detector, DetectorConfig, MetricDeltas
@@ -168,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_backtest.register(commands)
     cli_silences.register(commands)
     cli_shards.register(commands)
+    cli_dead_letters.register(commands)
     return parser
 
 
@@ -178,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "replay" and (args.events is None) == (not args.sample):
             args.subparser.error("give exactly one of EVENTS.jsonl, - (standard input), --sample")
+        check_args: Callable[[argparse.Namespace], None] | None = getattr(args, "check_args", None)
+        if check_args is not None:  # usage rules argparse cannot say (exits 2 like its own)
+            check_args(args)
     except SystemExit as exc:  # argparse exits on --help, --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else 2
     handler: Callable[[argparse.Namespace], int] = args.handler

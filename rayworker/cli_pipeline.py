@@ -5,6 +5,8 @@ existing Ray cluster (``RAY_ADDRESS``) or a local one, health on Serve. ``demo``
 pipeline on embedded defaults: a local Ray, synthetic traffic with labelled attacks, SQLite
 alerts and in-memory metrics, with live throughput and an alerts table in the terminal.
 SIGTERM and SIGINT stop reading, drain what is in flight, flush the sinks and exit 0.
+Rejected and late events go to the dead-letter stream, or for a file source (and the demo) to
+a JSONL file beside the input (:class:`~rayworker.pipeline.sources.FileDeadLetters`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     run.add_argument("--config", type=Path, help="TOML or YAML settings file")
     run.add_argument("--events", type=Path, help="read this JSONL file instead of the stream")
+    run.add_argument(
+        "--dead-letters",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "with --events: append rejected and late events here, with reasons (JSONL; "
+            "default: EVENTS' name with .dead-letters.jsonl, beside it)"
+        ),
+    )
     run.add_argument("--migrate", action="store_true", help="apply pending alert-store migrations")
     run.add_argument("--no-serve", action="store_true", help="do not start the health endpoints")
     run.add_argument(
@@ -110,10 +120,22 @@ def _run(args: argparse.Namespace) -> int:
 async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
     from rayworker.pipeline.app import Pipeline  # noqa: PLC0415 - keeps `rayworker --help` fast
     from rayworker.pipeline.pump import consumer_lag  # noqa: PLC0415
-    from rayworker.pipeline.sources import StreamBatches, paced_batches  # noqa: PLC0415
+    from rayworker.pipeline.sources import (  # noqa: PLC0415
+        FileDeadLetters,
+        StreamBatches,
+        file_batches,
+        paced_batches,
+    )
 
     err = Console(file=sys.stderr, highlight=False)
     err.print(f"settings: {json.dumps(settings.public(), default=str)}")
+    dead_letters: FileDeadLetters | None = None
+    if settings.source != "redis":
+        if args.events is None:
+            msg = "source is jsonl but no file was given; pass --events FILE.jsonl"
+            raise ConfigError(msg)
+        # Opened before anything starts: a path that cannot be written fails at once.
+        dead_letters = FileDeadLetters(args.dead_letters or _dead_letters_beside(args.events))
     pipeline = Pipeline(settings, recoverable=settings.source == "redis")
     await pipeline.start(migrate=args.migrate, fresh_state=args.fresh_state)
     err.print(f"ray: {pipeline.address}; {len(pipeline.shards)} shards, router started")
@@ -152,22 +174,24 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
             finally:
                 await consumer.close()
         else:
-            if args.events is None:
-                msg = "source is jsonl but no file was given; pass --events FILE.jsonl"
-                raise ConfigError(msg)
             serve_started = _serve_unless(args.no_serve, settings, err)
             stats = await pipeline.pump(
-                paced_batches(_file_batches(args.events), stop=stop),
+                paced_batches(file_batches(args.events), stop=stop),
                 stop=stop,
                 on_progress=progress,
                 bounded=True,
+                dead_letter=dead_letters,
             )
         err.print(
             f"stopped after {stats.events:,} events in {stats.elapsed_s:.1f} s "
             f"({stats.rate:,.0f}/s); {stats.rejected:,} rejected, {stats.late:,} late"
             + (f", {stats.recoveries - 1} recoveries" if stats.recoveries > 1 else "")
         )
+        if dead_letters is not None and dead_letters.written:
+            err.print(f"{dead_letters.written:,} dead letters appended to {dead_letters.path}")
     finally:
+        if dead_letters is not None:
+            dead_letters.close()
         await pipeline.flush_telemetry()
         pipeline.stop()
         if serve_started and _attached(settings):
@@ -182,11 +206,10 @@ def _serve_unless(no_serve: bool, settings: Settings, console: Console) -> bool:
     return True
 
 
-def _file_batches(path: Path) -> Iterator[list[bytes]]:
-    from rayworker.sources.jsonl import iter_line_batches  # noqa: PLC0415
-
-    for lines in iter_line_batches(path, batch_size=2000):
-        yield [line for line in lines if line.strip()]
+def _dead_letters_beside(events: Path) -> Path:
+    """The dead-letter file beside an input or database file, in the same directory:
+    ``audit.jsonl`` -> ``audit.dead-letters.jsonl``."""
+    return events.with_name(f"{events.stem}.dead-letters.jsonl")
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -234,7 +257,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
     from rayworker.pipeline.app import Pipeline  # noqa: PLC0415
-    from rayworker.pipeline.sources import paced_batches  # noqa: PLC0415
+    from rayworker.pipeline.sources import FileDeadLetters, paced_batches  # noqa: PLC0415
     from rayworker.sources.synthetic import SyntheticConfig, generate_labelled  # noqa: PLC0415
 
     console = Console(highlight=False)
@@ -248,6 +271,7 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         disorder_ms=2000,
     )
     lines, labels = generate_labelled(config)
+    dead_letters = FileDeadLetters(_dead_letters_beside(Path(args.db)))
     pipeline = Pipeline(settings)
     await pipeline.start(migrate=True)
     stop = _stop_on_signals()
@@ -276,9 +300,11 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
                 stop=stop,
                 on_progress=progress,
                 bounded=True,
+                dead_letter=dead_letters,
             )
         finally:
             painter.cancel()
+            dead_letters.close()
         state["stats"] = stats
         live.update(await _demo_view(settings, stats, len(lines)))
     shard_stats = await pipeline.shard_stats()
@@ -286,6 +312,8 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
         f"done: {stats.events:,} events in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s); "
         "events per shard: " + ", ".join(f"{s['events']:,}" for s in shard_stats)
     )
+    if dead_letters.written:
+        console.print(f"{dead_letters.written:,} rejected or late events in {dead_letters.path}")
     if args.keep_serving and not args.no_serve:
         console.print("serving health until Ctrl-C ...")
         await stop.wait()

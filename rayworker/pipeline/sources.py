@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
 
 from rayworker.checkpoint import stream_position
 from rayworker.detect import LateEvent
+from rayworker.errors import ConfigError
 from rayworker.events import Rejection, RejectReason
+from rayworker.ingest.dead_letters import payload_fields
 from rayworker.ingest.redis_streams import IngestError, StreamConsumer, StreamEntry
 from rayworker.pipeline.app import Batch
 from rayworker.telemetry.propagation import Carrier, carrier_from_fields
 from rayworker.telemetry.ray_metrics import PipelineMetrics
 
-__all__ = ["StreamBatches", "paced_batches"]
+__all__ = ["FileDeadLetters", "StreamBatches", "file_batches", "paced_batches"]
 
 _LAG_EVERY_S = 5.0
 _log = logging.getLogger("rayworker.ingest")
@@ -121,7 +129,8 @@ class StreamBatches:
     async def _dead_letter_poison(self, entry: StreamEntry, history: list[str]) -> None:
         message = (
             f"processing failed {len(history)} times ({', '.join(history)}); the entry was "
-            "set aside so the stream flows on: inspect it, fix the cause and re-add it"
+            "set aside so the stream flows on: inspect it (rayworker dead-letters list "
+            "--reason poison), fix the cause and re-drive it (rayworker dead-letters redrive)"
         )
         records = [
             Rejection(RejectReason.POISON, None, message, line, index, None)
@@ -184,17 +193,108 @@ def _late_record(event: LateEvent, lines: list[bytes]) -> Rejection:
 
 
 async def paced_batches(
-    batches: Iterable[list[bytes]], *, rate: float | None = None, stop: asyncio.Event | None = None
+    batches: Iterable[list[bytes] | Batch],
+    *,
+    rate: float | None = None,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Batch]:
-    """Batches from an iterable of line lists, at most ``rate`` events/s when given."""
+    """Batches from an iterable of line lists (or batches), at most ``rate`` events/s when
+    given."""
     started = time.perf_counter()
     sent = 0
-    for lines in batches:
+    for item in batches:
         if stop is not None and stop.is_set():
             return
+        batch = item if isinstance(item, Batch) else Batch(item)
         if rate:
             ahead = sent / rate - (time.perf_counter() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        sent += len(lines)
-        yield Batch(lines)
+        sent += len(batch.lines)
+        yield batch
+
+
+def file_batches(path: Path, *, batch_size: int = 2000) -> Iterator[Batch]:
+    """The non-blank lines of a JSONL file in batches, each line owned by ``NAME:LINE``
+    (1-based), so that a dead letter says where its event came from."""
+    from rayworker.sources.jsonl import iter_line_batches  # noqa: PLC0415 - the CLI's lazy import
+
+    number = 0
+    for lines in iter_line_batches(path, batch_size=batch_size):
+        kept: list[bytes] = []
+        owners: list[str] = []
+        for line in lines:
+            number += 1
+            if line.strip():
+                kept.append(line)
+                owners.append(f"{path.name}:{number}")
+        yield Batch(kept, owners=owners)
+
+
+class FileDeadLetters:
+    """The dead letters of a file source: one JSON object per rejected or late event,
+    appended to a local JSONL file (a file source has no dead-letter stream).
+
+    A record holds what a stream's dead-letter record holds: ``reason``, ``field``,
+    ``message``, ``tenant``, ``entry`` (``NAME:LINE`` of the input), ``at`` and the event's
+    original bytes, as ``payload`` text when they are UTF-8 and as ``payload_base64``
+    otherwise, so nothing is lost to re-encoding.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written = 0
+        # Checked now, so that an unwritable path fails at start-up; created on the first
+        # dead letter, so that a clean run leaves no empty file behind.
+        problem = None
+        if path.is_dir():
+            problem = "it is a directory"
+        elif not path.parent.is_dir():
+            problem = f"its directory {str(path.parent)!r} does not exist"
+        elif not os.access(path if path.exists() else path.parent, os.W_OK):
+            problem = "no write permission there"
+        if problem is not None:
+            msg = (
+                f"cannot write the dead-letter file {str(path)!r}: {problem}; "
+                "pass --dead-letters with a file path in a writable directory"
+            )
+            raise ConfigError(msg)
+        self._file: BinaryIO | None = None
+
+    async def __call__(
+        self, rejections: Sequence[Rejection], late: Sequence[LateEvent], batch: Batch
+    ) -> None:
+        """Append the batch's rejected and late events (the pump's dead-letter callback)."""
+        owners = batch.owners or []
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        records = list(rejections) + [_late_record(event, batch.lines) for event in late]
+        out = []
+        for record in records:
+            entry = owners[record.index] if 0 <= record.index < len(owners) else None
+            out.append(msgspec.json.encode(_file_record(record, entry, at)) + b"\n")
+        if not out:
+            return
+        if self._file is None:
+            self._file = self.path.open("ab")
+        self._file.write(b"".join(out))
+        self._file.flush()
+        self.written += len(out)
+
+    def close(self) -> None:
+        """Close the file (if a dead letter opened it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _file_record(record: Rejection, entry: str | None, at: str) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "reason": str(record.reason),
+        "field": record.field,
+        "message": record.message,
+        "tenant": record.tenant,
+        "entry": entry,
+        "at": at,
+    }
+    data.update(payload_fields(record.raw))
+    return data

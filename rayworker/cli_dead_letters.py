@@ -1,0 +1,212 @@
+"""The ``rayworker dead-letters`` command: inspect and re-drive the event dead-letter stream.
+
+::
+
+    rayworker dead-letters stats [--config FILE] [--json]
+    rayworker dead-letters list [--config FILE] [--tenant T] [--reason R] [--limit N] [--json]
+    rayworker dead-letters redrive [--config FILE] (--id ID ... | --tenant T | --reason R |
+                                   --all) [--limit N] [--dry-run]
+
+The streams are the pipeline's own settings (``stream_url``, ``dead_letter_stream``,
+``stream_key``, from ``RAYWORKER_*`` variables and ``--config``). ``redrive`` appends the
+chosen records' original events to the input stream and deletes the records, one record at a
+time atomically (:mod:`rayworker.ingest.dead_letters`): fix the cause first (a producer's
+clock, a rule, the allowed lateness), or the events come straight back; an event now more
+than the allowed lateness behind its tenant comes back as ``late``.
+
+Exit codes: 0 on success; 1 on an error (printed as ``error: ...``); 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from rich.table import Table
+
+from rayworker.cli_common import non_empty, positive_int, safe_text, terminal
+from rayworker.events import RejectReason
+from rayworker.ingest.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStream
+from rayworker.settings import load_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from rayworker.settings import Settings
+
+__all__ = ["register"]
+
+_REASONS = sorted(reason.value for reason in RejectReason)
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``dead-letters`` command to the ``rayworker`` parser's subcommands."""
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, help="TOML or YAML settings file")
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--tenant", type=non_empty, help="only this tenant's records")
+    chosen.add_argument("--reason", choices=_REASONS, help="only records with this reason")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+
+    dead = commands.add_parser(
+        "dead-letters", help="inspect and re-drive rejected, late and poison events"
+    )
+    sub = dead.add_subparsers(dest="dead_letters_command", metavar="COMMAND", required=True)
+
+    stats = sub.add_parser(
+        "stats", parents=[config, as_json], help="how many records, by tenant and reason"
+    )
+    stats.set_defaults(handler=_stats)
+
+    listing = sub.add_parser(
+        "list", parents=[config, chosen, as_json], help="the records, oldest first"
+    )
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, help="at most this many (default 50)"
+    )
+    listing.set_defaults(handler=_list)
+
+    redrive = sub.add_parser(
+        "redrive",
+        parents=[config, chosen],
+        help="send records' events back to the input stream and delete the records",
+        description=(
+            "Append the chosen records' original events to the input stream (stream_key) and "
+            "delete the records, each atomically. Choose with --id, --tenant and --reason "
+            "(all must match), or --all."
+        ),
+    )
+    redrive.add_argument(
+        "--id", dest="ids", action="append", metavar="ID", help="a record id (repeatable)"
+    )
+    redrive.add_argument("--all", action="store_true", help="every record")
+    redrive.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
+    redrive.add_argument("--dry-run", action="store_true", help="say what would move; move none")
+
+    def check_redrive(args: argparse.Namespace) -> None:
+        if not (args.all or args.ids or args.tenant or args.reason):
+            # A bare `redrive` moving everything would be too easy to type by accident.
+            redrive.error("choose records with --id, --tenant or --reason, or pass --all")
+        if args.all and (args.ids or args.tenant or args.reason):
+            redrive.error("--all means every record: give it no --id, --tenant or --reason")
+
+    redrive.set_defaults(handler=_redrive, check_args=check_redrive)
+
+
+def _with_stream(
+    args: argparse.Namespace, work: Callable[[DeadLetterStream, Settings], Awaitable[int]]
+) -> int:
+    settings = load_settings(args.config)
+
+    async def run() -> int:
+        client = aioredis.Redis.from_url(
+            settings.stream_url.get_secret_value(), socket_connect_timeout=5, socket_timeout=30
+        )
+        try:
+            return await work(DeadLetterStream(client, settings.dead_letter_stream), settings)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _stats(args: argparse.Namespace) -> int:
+    async def work(stream: DeadLetterStream, _settings: Settings) -> int:
+        counts = await stream.counts()
+        rows = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        if args.json:
+            for (tenant, reason), n in rows:
+                record = {"tenant": tenant or None, "reason": reason, "count": n}
+                sys.stdout.write(json.dumps(record) + "\n")
+            return 0
+        console = terminal()
+        if not rows:
+            console.print(safe_text(f"{stream.key}: no dead letters"))
+            return 0
+        table = Table(title=f"{stream.key}: {_letters(sum(counts.values()))}")
+        for name in ("tenant", "reason", "count"):
+            table.add_column(name, justify="right" if name == "count" else "left")
+        for (tenant, reason), n in rows:
+            table.add_row(safe_text(tenant or "(unknown)"), reason, f"{n:,}")
+        console.print(table)
+        return 0
+
+    return _with_stream(args, work)
+
+
+def _list(args: argparse.Namespace) -> int:
+    matches = DeadLetterFilter(tenant=args.tenant, reason=args.reason)
+
+    async def work(stream: DeadLetterStream, _settings: Settings) -> int:
+        found = [letter async for letter in stream.scan(matches, limit=args.limit)]
+        if args.json:
+            for letter in found:
+                sys.stdout.write(json.dumps(letter.to_json()) + "\n")
+            return 0
+        console = terminal()
+        if not found:
+            console.print(safe_text(f"{stream.key}: no matching dead letters"))
+            return 0
+        table = Table()
+        for name in ("id", "at", "tenant", "reason", "entry", "message", "payload"):
+            table.add_column(name, overflow="fold", no_wrap=name in ("id", "reason"))
+        for letter in found:
+            table.add_row(
+                letter.id,
+                letter.at,
+                safe_text(letter.tenant or "(unknown)"),
+                letter.reason,
+                safe_text(letter.entry),
+                safe_text(letter.message),
+                safe_text(_preview(letter)),
+            )
+        console.print(table)
+        return 0
+
+    return _with_stream(args, work)
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    matches = DeadLetterFilter(
+        tenant=args.tenant,
+        reason=args.reason,
+        ids=frozenset(args.ids) if args.ids else None,
+    )
+
+    async def work(stream: DeadLetterStream, settings: Settings) -> int:
+        chosen: list[DeadLetter] = [
+            letter async for letter in stream.scan(matches, limit=args.limit)
+        ]
+        console = terminal()
+        target = settings.stream_key
+        if args.dry_run:
+            console.print(
+                safe_text(f"would re-drive {_letters(len(chosen))} to {target} (dry run)")
+            )
+            return 0
+        moved = await stream.redrive([letter.id for letter in chosen], stream=target)
+        gone = len(chosen) - moved
+        console.print(
+            safe_text(
+                f"re-drove {_letters(moved)} to {target}"
+                + (f"; {gone:,} were already gone (re-driven or trimmed meanwhile)" if gone else "")
+            )
+        )
+        return 0
+
+    return _with_stream(args, work)
+
+
+def _letters(n: int) -> str:
+    return f"{n:,} dead letter{'' if n == 1 else 's'}"
+
+
+def _preview(letter: DeadLetter, width: int = 120) -> str:
+    text = letter.payload.decode("utf-8", "replace")
+    return text if len(text) <= width else text[: width - 1] + "…"

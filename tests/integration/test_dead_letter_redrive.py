@@ -1,0 +1,163 @@
+"""`rayworker dead-letters`: the operator's view of the event dead-letter stream, on real Redis.
+
+Records are written by the pipeline's own writer (``StreamConsumer.dead_letter``), then listed,
+counted and re-driven through the command line, as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from rayworker.cli import main
+from rayworker.events import Rejection, RejectReason
+from rayworker.ingest.dead_letters import DeadLetterFilter, DeadLetterStream
+from rayworker.ingest.redis_streams import StreamConsumer
+
+pytestmark = pytest.mark.integration
+
+_LINES = {
+    "t1-bad": (b'{"broken', RejectReason.MALFORMED_JSON, "t1"),
+    "t1-future": (
+        b'{"organizationId":"t1","timestamp":"2099-01-01T00:00:00Z"}',
+        RejectReason.FUTURE_TIMESTAMP,
+        "t1",
+    ),
+    "t2-future": (
+        b'{"organizationId":"t2","timestamp":"2099-01-01T00:00:00Z"}',
+        RejectReason.FUTURE_TIMESTAMP,
+        "t2",
+    ),
+    "t2-binary": (b'{"organizationId":"t2","x":"\xff"}', RejectReason.MALFORMED_JSON, "t2"),
+}
+
+
+@pytest.fixture
+def streams(live_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Fresh input and dead-letter streams named in the environment, deleted afterwards."""
+    token = secrets.token_hex(5)
+    names = {"input": f"rwtest:{token}:events", "dead": f"rwtest:{token}:dead"}
+    monkeypatch.setenv("RAYWORKER_STREAM_URL", live_redis_url)
+    monkeypatch.setenv("RAYWORKER_STREAM_KEY", names["input"])
+    monkeypatch.setenv("RAYWORKER_DEAD_LETTER_STREAM", names["dead"])
+
+    async def seed() -> None:
+        client = aioredis.Redis.from_url(live_redis_url)
+        try:
+            consumer = StreamConsumer(
+                client,
+                stream=names["input"],
+                group="g",
+                consumer="c",
+                dead_letter_stream=names["dead"],
+            )
+            rejections = [
+                Rejection(reason, None, f"{name} is bad", raw, i, tenant)
+                for i, (name, (raw, reason, tenant)) in enumerate(_LINES.items())
+            ]
+            await consumer.dead_letter(rejections, source_entries=["1-0", "2-0", "3-0", "4-0"])
+        finally:
+            await client.aclose()
+
+    asyncio.run(seed())
+    yield names
+
+    async def clean() -> None:
+        client = aioredis.Redis.from_url(live_redis_url)
+        try:
+            await client.delete(names["input"], names["dead"])
+        finally:
+            await client.aclose()
+
+    asyncio.run(clean())
+
+
+def _redis(url: str, work: Any) -> Any:
+    async def run() -> Any:
+        client = aioredis.Redis.from_url(url)
+        try:
+            return await work(client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_list_filters_by_tenant_and_reason_and_keeps_payload_bytes(
+    streams: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list --tenant` shows that tenant's records only, oldest first, with reason, entry and
+    the exact payload (base64 when it is not UTF-8); `--reason` narrows further."""
+    assert main(["dead-letters", "list", "--tenant", "t2", "--json"]) == 0
+    records = _json_lines(capsys.readouterr().out)
+    assert [r["tenant"] for r in records] == ["t2", "t2"]
+    assert [r["entry"] for r in records] == ["3-0", "4-0"]
+    assert records[0]["payload"] == _LINES["t2-future"][0].decode()
+    assert "payload" not in records[1]
+    assert main(["dead-letters", "list", "--reason", "malformed_json", "--json"]) == 0
+    malformed = _json_lines(capsys.readouterr().out)
+    assert [r["message"] for r in malformed] == ["t1-bad is bad", "t2-binary is bad"]
+
+
+def test_stats_counts_records_by_tenant_and_reason(
+    streams: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stats --json` gives one count per (tenant, reason)."""
+    assert main(["dead-letters", "stats", "--json"]) == 0
+    counts = {(r["tenant"], r["reason"]): r["count"] for r in _json_lines(capsys.readouterr().out)}
+    assert counts == {
+        ("t1", "malformed_json"): 1,
+        ("t1", "future_timestamp"): 1,
+        ("t2", "future_timestamp"): 1,
+        ("t2", "malformed_json"): 1,
+    }
+
+
+def test_redrive_moves_one_tenants_records_back_and_leaves_the_others(
+    streams: dict[str, str], live_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`redrive --tenant t2` appends exactly t2's two payloads to the input stream as
+    one-event entries and deletes their records; t1's records stay; a dry run moves nothing."""
+    assert main(["dead-letters", "redrive", "--tenant", "t2", "--dry-run"]) == 0
+    assert "would re-drive 2" in capsys.readouterr().out
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["input"])) == 0
+    assert main(["dead-letters", "redrive", "--tenant", "t2"]) == 0
+    assert "re-drove 2 dead letters" in capsys.readouterr().out
+    entries = _redis(live_redis_url, lambda c: c.xrange(streams["input"]))
+    assert [fields for _, fields in entries] == [
+        {b"event": _LINES["t2-future"][0]},
+        {b"event": _LINES["t2-binary"][0]},
+    ]
+    left = _redis(live_redis_url, lambda c: c.xrange(streams["dead"]))
+    assert [fields[b"tenant"] for _, fields in left] == [b"t1", b"t1"]
+
+
+def test_a_record_is_redriven_once_even_when_asked_twice(
+    streams: dict[str, str], live_redis_url: str
+) -> None:
+    """Re-driving the same record twice (two operators, say) appends its event once."""
+
+    async def twice(client: aioredis.Redis) -> tuple[int, int, int]:
+        stream = DeadLetterStream(client, streams["dead"])
+        [first] = [letter async for letter in stream.scan(DeadLetterFilter(tenant="t1"), limit=1)]
+        a = await stream.redrive([first.id], stream=streams["input"])
+        b = await stream.redrive([first.id, first.id], stream=streams["input"])
+        return a, b, await client.xlen(streams["input"])
+
+    assert _redis(live_redis_url, twice) == (1, 0, 1)
+
+
+def test_redrive_without_a_choice_is_a_usage_error(streams: dict[str, str]) -> None:
+    """A bare `redrive` (which would move everything) exits 2 and moves nothing."""
+    assert main(["dead-letters", "redrive"]) == 2
+    assert main(["dead-letters", "redrive", "--all", "--tenant", "t1"]) == 2
