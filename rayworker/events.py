@@ -670,11 +670,12 @@ class EventBatch:
     def take(self, index: Sequence[int] | npt.NDArray[np.intp]) -> EventBatch:
         """A new batch with the events at ``index``, in that order."""
         idx = [int(i) for i in index]
+        at = np.asarray(idx, dtype=np.intp)
         sub = EventBatch(
             [self.events[i] for i in idx],
             [self.raw[i] for i in idx],
-            self.ts[np.asarray(idx, dtype=np.intp)] if idx else np.zeros(0, dtype=np.int64),
-            lines_of=np.array([self.line_of(i) for i in idx], dtype=np.int64),
+            self.ts[at] if idx else np.zeros(0, dtype=np.int64),
+            lines_of=(self.lines_of[at] if self.lines_of is not None else at).astype(np.int64),
         )
         if self._ids is not None:
             sub._ids = [self._ids[i] for i in idx]
