@@ -25,7 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from rayworker.errors import ConfigError
+from rayworker.errors import ConfigError, InputError
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
 
@@ -134,6 +134,9 @@ async def _run_async(settings: Settings, args: argparse.Namespace) -> int:
         if args.events is None:
             msg = "source is jsonl but no file was given; pass --events FILE.jsonl"
             raise ConfigError(msg)
+        if not args.events.is_file():
+            msg = f"no events file at {str(args.events)!r}; pass --events with a JSONL file"
+            raise InputError(msg)
         # Opened before anything starts: a path that cannot be written fails at once.
         dead_letters = FileDeadLetters(args.dead_letters or _dead_letters_beside(args.events))
     pipeline = Pipeline(settings, recoverable=settings.source == "redis")

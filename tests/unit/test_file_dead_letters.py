@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from rayworker.cli import main
 from rayworker.detect import LateEvent
 from rayworker.errors import ConfigError
 from rayworker.events import Rejection, RejectReason
@@ -89,3 +90,26 @@ def test_a_directory_is_not_a_dead_letter_file(tmp_path: Path) -> None:
     """A directory given as the file raises ConfigError that says so."""
     with pytest.raises(ConfigError, match="it is a directory"):
         FileDeadLetters(tmp_path)
+
+
+def test_run_on_a_missing_events_file_fails_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`rayworker run --events` on a file that is not there exits 1 naming the file, before
+    any Ray or store is started (so the dead-letter path is not what it complains about)."""
+    missing = tmp_path / "nowhere" / "audit.jsonl"
+    assert main(["run", "--events", str(missing), "--no-serve", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert f"no events file at '{missing}'" in err
+
+
+def test_run_with_an_unwritable_dead_letter_path_fails_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--dead-letters` in a directory that does not exist exits 1 naming the option."""
+    events = tmp_path / "audit.jsonl"
+    events.write_bytes(b"{}\n")
+    dead = tmp_path / "nowhere" / "dl.jsonl"
+    argv = ["run", "--events", str(events), "--dead-letters", str(dead), "--no-serve"]
+    assert main(argv) == 1
+    assert "pass --dead-letters" in capsys.readouterr().err
