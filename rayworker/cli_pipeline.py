@@ -113,6 +113,9 @@ def _run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.events is not None:
         overrides["source"] = "jsonl"
+    elif args.dead_letters is not None:
+        msg = "--dead-letters is for a file source; a stream's go to dead_letter_stream"
+        raise ConfigError(msg)
     settings = load_settings(args.config, **overrides)
     return asyncio.run(_run_async(settings, args))
 

@@ -113,3 +113,12 @@ def test_run_with_an_unwritable_dead_letter_path_fails_at_start(
     argv = ["run", "--events", str(events), "--dead-letters", str(dead), "--no-serve"]
     assert main(argv) == 1
     assert "pass --dead-letters" in capsys.readouterr().err
+
+
+def test_dead_letters_without_a_file_source_is_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`run --dead-letters` without `--events` exits 1: a stream's dead letters have their
+    own stream, and the option would silently do nothing."""
+    assert main(["run", "--dead-letters", "dl.jsonl", "--no-serve"]) == 1
+    assert "--dead-letters is for a file source" in capsys.readouterr().err
