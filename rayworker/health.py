@@ -53,6 +53,7 @@ __all__ = [
     "Status",
     "check_all",
     "escape_label_value",
+    "grade_dead_letters",
     "grade_error_rate",
     "grade_lag",
     "grade_latency",
@@ -268,6 +269,17 @@ def grade_error_rate(rate: float, thresholds: HealthThresholds) -> Status:
 def grade_lag(entries: int, thresholds: HealthThresholds) -> Status:
     """CRITICAL above ``lag_crit``, WARNING above ``lag_warn`` stream entries, else OK."""
     return _grade(entries, thresholds.lag_warn, thresholds.lag_crit)
+
+
+def grade_dead_letters(newest_age_s: float | None, thresholds: HealthThresholds) -> Status:
+    """WARNING while the newest dead letter is younger than ``dead_letter_recent_s``, else OK.
+
+    Never CRITICAL: dead-lettering is how bad input leaves without stopping the pipeline, so a
+    busy dead-letter stream says the producers need a look, not that this one is unready.
+    """
+    if newest_age_s is not None and newest_age_s < thresholds.dead_letter_recent_s:
+        return Status.WARNING
+    return Status.OK
 
 
 def processing_health(

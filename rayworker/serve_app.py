@@ -59,6 +59,7 @@ from rayworker.health import (
     ProbeError,
     Status,
     check_all,
+    grade_dead_letters,
     grade_lag,
     grade_latency,
     processing_health,
@@ -306,6 +307,42 @@ async def probe_lag(settings: Settings) -> ComponentHealth:
     )
 
 
+async def probe_dead_letters(settings: Settings) -> ComponentHealth:
+    """The dead-letter stream: how many records it holds and how recent the newest is."""
+    client = _redis(settings.stream_url.get_secret_value(), settings.health.check_timeout_s)
+    key = settings.dead_letter_stream
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.xlen(key)
+        pipe.xrevrange(key, "+", "-", count=1)
+        length, newest = await pipe.execute()
+    except Exception as exc:  # noqa: BLE001 - re-raised, scrubbed of secrets
+        raise _scrubbed(settings, exc) from None
+    finally:
+        await client.aclose()
+    detail: dict[str, Any] = {"stream": key, "length": int(length)}
+    if not newest:
+        return ComponentHealth("dead_letters", Status.OK, f"no dead letters in {key!r}", detail)
+    record_id, fields = newest[0]
+    rid = record_id.decode() if isinstance(record_id, bytes) else str(record_id)
+    # A stream id starts with the milliseconds at which Redis added the record.
+    age_s = max(0.0, time.time() - int(rid.partition("-")[0]) / 1000.0)
+    reason = fields.get(b"reason", b"").decode("utf-8", "replace")
+    tenant = fields.get(b"tenant", b"").decode("utf-8", "replace")
+    detail.update(newest_id=rid, newest_age_s=round(age_s, 1), newest_reason=reason)
+    status = grade_dead_letters(age_s, settings.health)
+    held = f"{int(length):,} dead letter{'' if int(length) == 1 else 's'}"
+    if status is Status.OK:
+        message = f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
+    else:
+        who = f", tenant {tenant}" if tenant else ""
+        message = (
+            f"{held}, the newest {age_s:,.0f} s ago ({reason}{who}); "
+            "see `rayworker dead-letters stats`"
+        )
+    return ComponentHealth("dead_letters", status, message, detail)
+
+
 # --------------------------------------------------------------------------- alerts database
 
 
@@ -427,6 +464,7 @@ def build_probes(settings: Settings) -> dict[str, Probe]:
     probes[_alerts_component(settings)] = functools.partial(probe_alerts_db, settings)
     if settings.source == "redis":
         probes["lag"] = functools.partial(probe_lag, settings)
+        probes["dead_letters"] = functools.partial(probe_dead_letters, settings)
     probes["processing"] = functools.partial(probe_processing, settings)
     return probes
 

@@ -62,6 +62,11 @@ class HealthThresholds(BaseModel):
     error_rate_crit: float = Field(0.10, ge=0, le=1)
     lag_warn: int = Field(10_000, ge=0, description="pending + undelivered stream entries")
     lag_crit: int = Field(100_000, ge=0)
+    dead_letter_recent_s: float = Field(
+        900.0,
+        gt=0,
+        description="the dead-letter stream is WARNING while its newest record is this recent",
+    )
     check_timeout_s: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")

@@ -77,6 +77,27 @@ class _PipelineCollector(Collector):
         lag = self.report.components.get("lag")
         if lag is not None and "pending" in lag.detail:
             yield from self._lag(lag.detail)
+        dead = self.report.components.get("dead_letters")
+        if dead is not None and "length" in dead.detail:
+            yield from self._dead_letters(dead.detail)
+
+    def _dead_letters(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
+        labels, values = ["stream"], [str(detail.get("stream", ""))]
+        entries = GaugeMetricFamily(
+            f"{self.prefix}_dead_letter_entries",
+            "Records in the dead-letter stream (rejected, late and poison events).",
+            labels=labels,
+        )
+        entries.add_metric(values, int(detail["length"]))
+        yield entries
+        if detail.get("newest_age_s") is not None:
+            age = GaugeMetricFamily(
+                f"{self.prefix}_dead_letter_newest_age_seconds",
+                "Seconds since the newest record reached the dead-letter stream.",
+                labels=labels,
+            )
+            age.add_metric(values, float(detail["newest_age_s"]))
+            yield age
 
     def _router(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
         p = self.prefix

@@ -19,8 +19,15 @@ import ray
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from rayworker.health import Status
-from rayworker.serve_app import METRICS_ACTOR, ROUTER_ACTOR, collect, deploy, shutdown
+from rayworker.health import ComponentHealth, Status
+from rayworker.serve_app import (
+    METRICS_ACTOR,
+    ROUTER_ACTOR,
+    collect,
+    deploy,
+    probe_dead_letters,
+    shutdown,
+)
 from rayworker.settings import Settings
 from rayworker.sinks.histogram import LatencyHistogram
 from rayworker.sinks.metrics_store import MetricsSnapshot
@@ -259,3 +266,41 @@ def test_lag_of_a_missing_stream_is_a_warning(ray_cluster: str, live_redis_url: 
     report = asyncio.run(collect(settings, attempts=1))
     assert report.components["lag"].status is Status.WARNING
     assert "does not exist yet" in report.components["lag"].message
+
+
+def test_dead_letter_stream_is_graded_on_its_newest_record(live_redis_url: str) -> None:
+    """No dead-letter stream: OK. A record just added: WARNING naming its reason and tenant.
+    Only records older than dead_letter_recent_s: OK, with the count."""
+    key = f"rayworker-health-test:dead-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        ray_namespace=NAMESPACE,
+        alerts_dsn="sqlite:///:memory:",
+        source="redis",
+        stream_url=live_redis_url,
+        dead_letter_stream=key,
+    )
+
+    async def scenario() -> list[ComponentHealth]:
+        client = aioredis.Redis.from_url(live_redis_url)
+        try:
+            seen = [await probe_dead_letters(settings)]
+            await client.xadd(
+                key, {"reason": "late", "tenant": "t1", "payload": b"{}"}, id="1000-0"
+            )
+            seen.append(await probe_dead_letters(settings))
+            await client.xadd(key, {"reason": "poison", "tenant": "t2", "payload": b"{}"})
+            seen.append(await probe_dead_letters(settings))
+            return seen
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    missing, old, fresh = asyncio.run(scenario())
+    assert missing.status is Status.OK
+    assert missing.detail["length"] == 0
+    assert old.status is Status.OK
+    assert old.message == "1 dead letter, none in the last 900 s"
+    assert fresh.status is Status.WARNING
+    assert "2 dead letters, the newest" in fresh.message
+    assert "(poison, tenant t2)" in fresh.message
+    assert fresh.detail["newest_reason"] == "poison"
