@@ -6,13 +6,18 @@
     rayworker dead-letters list [--config FILE] [--tenant T] [--reason R] [--limit N] [--json]
     rayworker dead-letters redrive [--config FILE] (--id ID ... | --tenant T | --reason R |
                                    --all) [--limit N] [--dry-run]
+    rayworker dead-letters drop [--config FILE] (--id ID ... | --tenant T | --reason R | --all)
+                                [--limit N] [--dry-run]
+    rayworker dead-letters trim --older-than AGE [--config FILE] [--dry-run]
 
 The streams are the pipeline's own settings (``stream_url``, ``dead_letter_stream``,
 ``stream_key``, from ``RAYWORKER_*`` variables and ``--config``). ``redrive`` appends the
 chosen records' original events to the input stream and deletes the records, one record at a
 time atomically (:mod:`rayworker.ingest.dead_letters`): fix the cause first (a producer's
 clock, a rule, the allowed lateness), or the events come straight back; an event now more
-than the allowed lateness behind its tenant comes back as ``late``.
+than the allowed lateness behind its tenant comes back as ``late``. ``drop`` deletes chosen
+records instead (events that should never count), and ``trim`` deletes every record older
+than an age (retention; the stream is also capped at ``dead_letter_maxlen`` records).
 
 Exit codes: 0 on success; 1 on an error (printed as ``error: ...``); 2 on a usage error.
 """
@@ -22,7 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +44,7 @@ from rayworker.ingest.dead_letters import DeadLetter, DeadLetterFilter, DeadLett
 from rayworker.settings import load_settings
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
 
     from rayworker.settings import Settings
 
@@ -82,21 +91,63 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "(all must match), or --all."
         ),
     )
-    redrive.add_argument(
-        "--id", dest="ids", action="append", metavar="ID", help="a record id (repeatable)"
+    drop = sub.add_parser(
+        "drop",
+        parents=[config, chosen],
+        help="delete records without re-driving them",
+        description=(
+            "Delete the chosen records (events that should never be processed). Choose with "
+            "--id, --tenant and --reason (all must match), or --all."
+        ),
     )
-    redrive.add_argument("--all", action="store_true", help="every record")
-    redrive.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
-    redrive.add_argument("--dry-run", action="store_true", help="say what would move; move none")
+    for parser, verb in ((redrive, "move"), (drop, "delete")):
+        parser.add_argument(
+            "--id", dest="ids", action="append", metavar="ID", help="a record id (repeatable)"
+        )
+        parser.add_argument("--all", action="store_true", help="every record")
+        parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
+        parser.add_argument(
+            "--dry-run", action="store_true", help=f"say what would {verb}; {verb} nothing"
+        )
+    redrive.set_defaults(handler=_redrive, check_args=_check_choice(redrive))
+    drop.set_defaults(handler=_drop, check_args=_check_choice(drop))
 
-    def check_redrive(args: argparse.Namespace) -> None:
+    trim = sub.add_parser(
+        "trim",
+        parents=[config],
+        help="delete records older than an age (retention)",
+        description="Delete every record added to the dead-letter stream before AGE ago.",
+    )
+    trim.add_argument(
+        "--older-than", type=_age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
+    )
+    trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
+    trim.set_defaults(handler=_trim)
+
+
+def _check_choice(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
+    """Usage rules of a command that acts on chosen records (argparse cannot say them)."""
+
+    def check(args: argparse.Namespace) -> None:
         if not (args.all or args.ids or args.tenant or args.reason):
-            # A bare `redrive` moving everything would be too easy to type by accident.
-            redrive.error("choose records with --id, --tenant or --reason, or pass --all")
+            # A bare command acting on everything would be too easy to type by accident.
+            parser.error("choose records with --id, --tenant or --reason, or pass --all")
         if args.all and (args.ids or args.tenant or args.reason):
-            redrive.error("--all means every record: give it no --id, --tenant or --reason")
+            parser.error("--all means every record: give it no --id, --tenant or --reason")
 
-    redrive.set_defaults(handler=_redrive, check_args=check_redrive)
+    return check
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _age(text: str) -> float:
+    found = _AGE.match(text.strip())
+    if found is None or float(found.group(1)) <= 0:
+        msg = f'Got "{text}"; give an age such as 30d, 12h, 90m or 3600s'
+        raise argparse.ArgumentTypeError(msg)
+    return float(found.group(1)) * _UNIT_S[found.group(2)]
 
 
 def _with_stream(
@@ -205,6 +256,43 @@ def _redrive(args: argparse.Namespace) -> int:
 
 def _letters(n: int) -> str:
     return f"{n:,} dead letter{'' if n == 1 else 's'}"
+
+
+def _drop(args: argparse.Namespace) -> int:
+    matches = DeadLetterFilter(
+        tenant=args.tenant,
+        reason=args.reason,
+        ids=frozenset(args.ids) if args.ids else None,
+    )
+
+    async def work(stream: DeadLetterStream, _settings: Settings) -> int:
+        chosen = [letter.id async for letter in stream.scan(matches, limit=args.limit)]
+        console = terminal()
+        if args.dry_run:
+            console.print(safe_text(f"would delete {_letters(len(chosen))} (dry run)"))
+            return 0
+        deleted = await stream.delete(chosen)
+        console.print(safe_text(f"deleted {_letters(deleted)} from {stream.key}"))
+        return 0
+
+    return _with_stream(args, work)
+
+
+def _trim(args: argparse.Namespace) -> int:
+    cutoff_ms = int((time.time() - args.older_than) * 1000)
+    since = datetime.fromtimestamp(cutoff_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    async def work(stream: DeadLetterStream, _settings: Settings) -> int:
+        console = terminal()
+        if args.dry_run:
+            n = await stream.count_before(cutoff_ms)
+            console.print(safe_text(f"would delete {_letters(n)} added before {since} (dry run)"))
+            return 0
+        deleted = await stream.trim_before(cutoff_ms)
+        console.print(safe_text(f"deleted {_letters(deleted)} added before {since}"))
+        return 0
+
+    return _with_stream(args, work)
 
 
 def _preview(letter: DeadLetter, width: int = 120) -> str:

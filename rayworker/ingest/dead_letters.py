@@ -206,6 +206,42 @@ class DeadLetterStream:
                 raise IngestError(msg) from exc
         return moved
 
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Delete the records in ``ids``; returns how many existed."""
+        deleted = 0
+        ordered = list(dict.fromkeys(ids))
+        for start in range(0, len(ordered), _PAGE):
+            chunk = ordered[start : start + _PAGE]
+            try:
+                deleted += int(await self._client.xdel(self.key, *chunk))
+            except (RedisError, OSError) as exc:
+                msg = (
+                    f"deleting dead letters from {self.key!r} failed after {deleted} "
+                    f"({type(exc).__name__}: {exc}); run the command again for the rest"
+                )
+                raise IngestError(msg) from exc
+        return deleted
+
+    async def count_before(self, cutoff_ms: int) -> int:
+        """How many records were added before ``cutoff_ms`` (milliseconds since the epoch)."""
+        n, start = 0, "-"
+        while True:
+            page = await self._range(start, f"({cutoff_ms}-0", _PAGE)
+            n += len(page)
+            if len(page) < _PAGE:
+                return n
+            start = "(" + page[-1].id
+
+    async def trim_before(self, cutoff_ms: int) -> int:
+        """Delete every record added before ``cutoff_ms``; returns how many went."""
+        try:
+            return int(
+                await self._client.xtrim(self.key, minid=f"{cutoff_ms}-0", approximate=False)
+            )
+        except (RedisError, OSError) as exc:
+            msg = f"trimming {self.key!r} failed ({type(exc).__name__}: {exc}); run it again"
+            raise IngestError(msg) from exc
+
     async def _range(self, start: str, end: str, count: int) -> list[DeadLetter]:
         try:
             records: Any = await self._client.xrange(self.key, start, end, count=count)

@@ -161,3 +161,47 @@ def test_redrive_without_a_choice_is_a_usage_error(streams: dict[str, str]) -> N
     """A bare `redrive` (which would move everything) exits 2 and moves nothing."""
     assert main(["dead-letters", "redrive"]) == 2
     assert main(["dead-letters", "redrive", "--all", "--tenant", "t1"]) == 2
+
+
+def test_drop_deletes_the_chosen_records_and_redrives_nothing(
+    streams: dict[str, str], live_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`drop --reason malformed_json` deletes those two records only and adds nothing to the
+    input stream; its dry run deletes nothing."""
+    assert main(["dead-letters", "drop", "--reason", "malformed_json", "--dry-run"]) == 0
+    assert "would delete 2 dead letters" in capsys.readouterr().out
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 4
+    assert main(["dead-letters", "drop", "--reason", "malformed_json"]) == 0
+    assert "deleted 2 dead letters" in capsys.readouterr().out
+    left = _redis(live_redis_url, lambda c: c.xrange(streams["dead"]))
+    assert [fields[b"reason"] for _, fields in left] == [b"future_timestamp"] * 2
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["input"])) == 0
+
+
+def test_trim_deletes_records_older_than_the_age_only(
+    streams: dict[str, str], live_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`trim --older-than 1d` deletes a record added long ago and keeps two fresh ones; its
+    dry run counts the old one and deletes nothing."""
+
+    async def old_then_new(client: aioredis.Redis) -> None:
+        dead = streams["dead"]
+        await client.delete(dead)
+        # An id is the time a record was added: 1 ms after the epoch is surely older than 1d.
+        await client.xadd(dead, {"reason": "late", "payload": b"{}"}, id="1-0")
+        for _ in range(2):
+            await client.xadd(dead, {"reason": "late", "payload": b"{}"})
+
+    _redis(live_redis_url, old_then_new)
+    assert main(["dead-letters", "trim", "--older-than", "1d", "--dry-run"]) == 0
+    assert "would delete 1 dead letter added before" in capsys.readouterr().out
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 3
+    assert main(["dead-letters", "trim", "--older-than", "1d"]) == 0
+    assert "deleted 1 dead letter added before" in capsys.readouterr().out
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 2
+
+
+def test_trim_refuses_an_age_it_cannot_read(capsys: pytest.CaptureFixture[str]) -> None:
+    """An age without a unit is a usage error that shows the accepted forms."""
+    assert main(["dead-letters", "trim", "--older-than", "30"]) == 2
+    assert "30d, 12h, 90m" in capsys.readouterr().err
