@@ -102,7 +102,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     for parser, verb in ((redrive, "move"), (drop, "delete")):
         parser.add_argument(
-            "--id", dest="ids", action="append", metavar="ID", help="a record id (repeatable)"
+            "--id",
+            dest="ids",
+            action="append",
+            type=_record_id,
+            metavar="ID",
+            help="a record id, as `list` shows it (repeatable)",
         )
         parser.add_argument("--all", action="store_true", help="every record")
         parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
@@ -136,6 +141,16 @@ def _check_choice(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespa
             parser.error("--all means every record: give it no --id, --tenant or --reason")
 
     return check
+
+
+_RECORD_ID = re.compile(r"^\d+-\d+$")
+
+
+def _record_id(text: str) -> str:
+    if _RECORD_ID.match(text) is None:
+        msg = f'Got "{text}"; a record id looks like 1796154995735-0 (see `list`)'
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")

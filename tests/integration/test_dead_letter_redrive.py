@@ -205,3 +205,9 @@ def test_trim_refuses_an_age_it_cannot_read(capsys: pytest.CaptureFixture[str]) 
     """An age without a unit is a usage error that shows the accepted forms."""
     assert main(["dead-letters", "trim", "--older-than", "30"]) == 2
     assert "30d, 12h, 90m" in capsys.readouterr().err
+
+
+def test_a_malformed_record_id_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--id` that is not a stream id exits 2 showing what one looks like."""
+    assert main(["dead-letters", "redrive", "--id", "abc"]) == 2
+    assert "a record id looks like" in capsys.readouterr().err
