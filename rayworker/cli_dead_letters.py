@@ -238,12 +238,17 @@ def _list(args: argparse.Namespace) -> int:
     return _with_stream(args, work)
 
 
-def _redrive(args: argparse.Namespace) -> int:
-    matches = DeadLetterFilter(
+def _chosen(args: argparse.Namespace) -> DeadLetterFilter:
+    """The records ``--id``, ``--tenant`` and ``--reason`` choose (all of them: ``--all``)."""
+    return DeadLetterFilter(
         tenant=args.tenant,
         reason=args.reason,
         ids=frozenset(args.ids) if args.ids else None,
     )
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    matches = _chosen(args)
 
     async def work(stream: DeadLetterStream, settings: Settings) -> int:
         chosen: list[DeadLetter] = [
@@ -274,11 +279,7 @@ def _letters(n: int) -> str:
 
 
 def _drop(args: argparse.Namespace) -> int:
-    matches = DeadLetterFilter(
-        tenant=args.tenant,
-        reason=args.reason,
-        ids=frozenset(args.ids) if args.ids else None,
-    )
+    matches = _chosen(args)
 
     async def work(stream: DeadLetterStream, _settings: Settings) -> int:
         chosen = [letter.id async for letter in stream.scan(matches, limit=args.limit)]
