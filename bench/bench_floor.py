@@ -8,8 +8,9 @@ filter reads (to evaluate predicates), turn each group-by and distinct value int
 (to keep per-key state), and compute each event's id (for evidence and duplicate detection).
 This script times (a) decoding alone and (f) decoding plus those passes, done the cheapest way
 this codebase knows (one combined factorisation, a plain dict vocabulary, one digest per
-event), alternating them so that drift hits all alike. (f) is what the pack's rules read when
-every column is taken for every event. (m) is a stricter minimum that a cleverer core could
+event), alternating them so that drift hits all alike. (f) takes every column the pack's rules
+read for every event (the core itself codes the address only for the candidates of the rules
+that group by it). (m) is a stricter minimum that a cleverer core could
 not go below: only the tenant, action and status (every built-in rule's filter reads them),
 the principal's code (``data_velocity`` keys 77 % of events by it) and the ids; other columns
 could be taken for the few events the first filters pass. (m)/(a) bounds (b)/(a) from above
