@@ -833,9 +833,12 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
         # Replays acknowledge the entries a checkpoint covers themselves, so ask Redis.
         await produced.wait()
         while finish_timeout_s is None or time.monotonic() - started < finish_timeout_s:
-            with contextlib.suppress(ray.exceptions.RayActorError, IngestError):
-                seen = (await _router_stats(pipeline)).get("events", 0)
-                if settled(seen, (await consumer.lag()).pending):
+            # Each check is bounded: one call that never answers (a lost reply) must not keep
+            # the drill past finish_timeout_s, since the stop waits for this loop.
+            with contextlib.suppress(ray.exceptions.RayActorError, IngestError, TimeoutError):
+                stats = await asyncio.wait_for(_router_stats(pipeline), _CHECK_TIMEOUT_S * 5)
+                lag = await asyncio.wait_for(consumer.lag(), _CHECK_TIMEOUT_S * 5)
+                if settled(stats.get("events", 0), lag.pending):
                     finished.set()
                     return
             await asyncio.sleep(0.1)
@@ -863,8 +866,17 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
         )
     )
     stopped = asyncio.create_task(stop.wait())
+    # With a finish timeout, the stop comes by then, or a plan's give-up time later.
+    stop_by = None if finish_timeout_s is None else finish_timeout_s + _GIVE_UP_S + _WIND_DOWN_S
     try:
-        await asyncio.wait({pumping, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {pumping, stopped},
+            timeout=None if stop_by is None else stop_by - (time.monotonic() - started),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not done:
+            msg = f"a drill hung: no stop within {stop_by:g} s. Tasks:\n{_task_stacks()}"
+            raise TimeoutError(msg)
         report.pump = await _wind_down("the pump's drain after the stop", pumping)
         await _wind_down("the fault plan", striking)
         await _wind_down("the producer", producing)
