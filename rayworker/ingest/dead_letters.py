@@ -144,25 +144,30 @@ class DeadLetterStream:
     ) -> AsyncIterator[DeadLetter]:
         """The matching records, oldest first, at most ``limit`` of them."""
         matches = matches or DeadLetterFilter()
-        if matches.ids is not None:
-            # Known ids: read exactly those instead of the whole stream.
-            for record_id in sorted(matches.ids, key=_position):
-                for letter in await self._range(record_id, record_id, 1):
-                    if matches(letter):
-                        yield letter
-                        limit = None if limit is None else limit - 1
-                        if limit == 0:
-                            return
-            return
-        start = "-"
-        while True:
-            page = await self._range(start, "+", _PAGE)
+        left = limit
+        async for page in self._candidates(matches):
             for letter in page:
                 if matches(letter):
                     yield letter
-                    limit = None if limit is None else limit - 1
-                    if limit == 0:
+                    left = None if left is None else left - 1
+                    if left == 0:
                         return
+
+    async def _candidates(self, matches: DeadLetterFilter) -> AsyncIterator[list[DeadLetter]]:
+        if matches.ids is None:
+            async for page in self._pages("+"):
+                yield page
+            return
+        # Known ids: read exactly those instead of the whole stream.
+        for record_id in sorted(matches.ids, key=_position):
+            yield await self._range(record_id, record_id, 1)
+
+    async def _pages(self, end: str) -> AsyncIterator[list[DeadLetter]]:
+        """Every record up to ``end`` (an XRANGE end), oldest first, ``_PAGE`` at a time."""
+        start = "-"
+        while True:
+            page = await self._range(start, end, _PAGE)
+            yield page
             if len(page) < _PAGE:
                 return
             start = "(" + page[-1].id
@@ -224,13 +229,10 @@ class DeadLetterStream:
 
     async def count_before(self, cutoff_ms: int) -> int:
         """How many records were added before ``cutoff_ms`` (milliseconds since the epoch)."""
-        n, start = 0, "-"
-        while True:
-            page = await self._range(start, f"({cutoff_ms}-0", _PAGE)
+        n = 0
+        async for page in self._pages(f"({cutoff_ms}-0"):
             n += len(page)
-            if len(page) < _PAGE:
-                return n
-            start = "(" + page[-1].id
+        return n
 
     async def trim_before(self, cutoff_ms: int) -> int:
         """Delete every record added before ``cutoff_ms``; returns how many went."""

@@ -168,9 +168,8 @@ class StreamBatches:
         """Write rejected and late events, with the entry each came from, to the dead letters.
 
         Batches come in the order they were read (the pump takes receipts in order)."""
-        lines, owners = batch.lines, batch.owners or []
-        records = list(rejections) + [_late_record(event, lines) for event in late]
-        entries = [owners[r.index] if 0 <= r.index < len(owners) else None for r in records]
+        owners = batch.owners or []
+        records, entries = _with_entries(rejections, late, batch)
         upto = self._dead_lettered_upto
         if upto:
             fresh = [i for i, e in enumerate(entries) if e is None or stream_position(e) > upto]
@@ -180,6 +179,17 @@ class StreamBatches:
             await self.consumer.dead_letter(records, source_entries=entries)
         if owners:
             self._dead_lettered_upto = max(upto, *(stream_position(e) for e in set(owners)))
+
+
+def _with_entries(
+    rejections: Sequence[Rejection], late: Sequence[LateEvent], batch: Batch
+) -> tuple[list[Rejection], list[str | None]]:
+    """A batch's rejected and late events as dead-letter records, and the source entry of
+    each (None where the batch does not say)."""
+    owners = batch.owners or []
+    records = list(rejections) + [_late_record(event, batch.lines) for event in late]
+    entries = [owners[r.index] if 0 <= r.index < len(owners) else None for r in records]
+    return records, entries
 
 
 def _late_record(event: LateEvent, lines: list[bytes]) -> Rejection:
@@ -265,13 +275,11 @@ class FileDeadLetters:
         self, rejections: Sequence[Rejection], late: Sequence[LateEvent], batch: Batch
     ) -> None:
         """Append the batch's rejected and late events (the pump's dead-letter callback)."""
-        owners = batch.owners or []
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        records = list(rejections) + [_late_record(event, batch.lines) for event in late]
-        out = []
-        for record in records:
-            entry = owners[record.index] if 0 <= record.index < len(owners) else None
-            out.append(msgspec.json.encode(_file_record(record, entry, at)) + b"\n")
+        out = [
+            msgspec.json.encode(_file_record(record, entry, at)) + b"\n"
+            for record, entry in zip(*_with_entries(rejections, late, batch), strict=True)
+        ]
         if not out:
             return
         if self._file is None:
