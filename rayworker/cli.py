@@ -49,6 +49,7 @@ from rayworker import (
     cli_alerts,
     cli_backtest,
     cli_dead_letters,
+    cli_failed_notifications,
     cli_pipeline,
     cli_shards,
     cli_silences,
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_silences.register(commands)
     cli_shards.register(commands)
     cli_dead_letters.register(commands)
+    cli_failed_notifications.register(commands)
     return parser
 
 

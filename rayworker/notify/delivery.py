@@ -30,7 +30,7 @@ from tenacity import (
 from rayworker.clock import Clock
 from rayworker.notify.breaker import CircuitBreaker
 from rayworker.notify.config import DeliveryConfig, NotifyConfig
-from rayworker.notify.dead_letters import DeadLetterSink
+from rayworker.notify.dead_letters import DeadLetterSink, notification_record
 from rayworker.notify.model import Notification, epoch_s, from_epoch_s
 from rayworker.notify.receivers import DeliveryError, Sender
 
@@ -186,13 +186,7 @@ class Deliverer:
             "group_key": n.group_key,
             "alert_ids": n.alert_ids,
             "failed_at": from_epoch_s(epoch_s(self.clock.now())).isoformat(),
-            "notification": {
-                "status": n.status,
-                "group_labels": n.group_labels,
-                "firing": list(n.firing),
-                "resolved": list(n.resolved),
-                "created_at": n.created_at,
-            },
+            "notification": notification_record(n),
         }
         self._count(n, "dead_lettered")
         log.warning(

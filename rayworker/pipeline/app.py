@@ -109,6 +109,13 @@ class Pipeline:
         self.notify_config = (
             load_notify_config(settings.notify_path) if settings.notify_path is not None else None
         )
+        if self.notify_config is not None and not self.notify_config.dead_letter.path.is_absolute():
+            # Resolved here, where `rayworker failed-notifications` looks for it: the notifier
+            # actor's working directory need not be this one.
+            dead = self.notify_config.dead_letter
+            self.notify_config = self.notify_config.model_copy(
+                update={"dead_letter": dead.model_copy(update={"path": dead.path.resolve()})}
+            )
         self.address = ""
         self.tracing = tracing_enabled(settings.telemetry)
 

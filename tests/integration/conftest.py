@@ -23,6 +23,7 @@ from rayworker.ingest.redis_streams import StreamConsumer
 from rayworker.pipeline.app import Pipeline, PumpStats
 from rayworker.pipeline.runtime import connect_ray
 from rayworker.pipeline.sources import StreamBatches
+from tests.integration.http_receiver import HttpReceiver
 
 REDIS_URL = os.environ.get("RAYWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -108,3 +109,18 @@ def ray_cluster() -> Iterator[str]:
     address = connect_ray(os.environ.get("RAY_ADDRESS"), num_cpus=4)
     yield address
     ray.shutdown()
+
+
+@pytest.fixture
+def http_receiver() -> Iterator[Callable[..., HttpReceiver]]:
+    """Starts HTTP receivers; stops them after the test."""
+    started: list[HttpReceiver] = []
+
+    def start(statuses: list[int] | None = None) -> HttpReceiver:
+        receiver = HttpReceiver(statuses)
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.close()

@@ -13,12 +13,9 @@ import json
 import secrets
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -36,78 +33,11 @@ from rayworker.notify.service import Notifier
 from rayworker.notify.silence_store import PostgresSilenceStore, SqliteSilenceStore
 from rayworker.notify.silences import new_silence
 from rayworker.sinks.migrate import migrate_postgres, migrate_sqlite
+from tests.integration.http_receiver import HttpReceiver
 from tests.unit.test_notify_dispatch import make_alert
 
 SECRET = "webhook-secret-0123456789"
 TOKEN = "ntfy-token-abcdef"
-
-
-@dataclass
-class Received:
-    """One request a test receiver got."""
-
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-
-class HttpReceiver:
-    """A real HTTP server on 127.0.0.1 (own thread) that records POSTs and answers with
-    scripted status codes (200 once the script is used up)."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.requests: list[Received] = []
-        self.statuses = list(statuses or [])
-        self.answers: list[int] = []
-        lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                with lock:
-                    status = outer.statuses.pop(0) if outer.statuses else 200
-                    outer.requests.append(Received(self.path, dict(self.headers.items()), body))
-                    outer.answers.append(status)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        """The server's base URL."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        """Stop the server."""
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def http_receiver() -> Iterator[Callable[..., HttpReceiver]]:
-    """Starts HTTP receivers; stops them after the test."""
-    started: list[HttpReceiver] = []
-
-    def start(statuses: list[int] | None = None) -> HttpReceiver:
-        receiver = HttpReceiver(statuses)
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.close()
 
 
 def free_port() -> int:

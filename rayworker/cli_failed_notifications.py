@@ -1,0 +1,317 @@
+"""The ``rayworker failed-notifications`` command: the notifier's dead letters.
+
+::
+
+    rayworker failed-notifications stats [--notify FILE] [--json]
+    rayworker failed-notifications list [--notify FILE] [--tenant T] [--receiver R]
+                                        [--reason R] [--limit N] [--json]
+    rayworker failed-notifications redrive [--notify FILE] (--id ID ... | --tenant T |
+                                           --receiver R | --reason R | --all) [--limit N]
+                                           [--dry-run]
+    rayworker failed-notifications drop [--notify FILE] (the same choices) [--dry-run]
+
+The store is the one the notification config names (``dead_letter.redis_url`` and
+``dead_letter.stream``, else the file ``dead_letter.path``; a relative path is taken from the
+directory rayworker runs in). The config is ``--notify FILE``, else the settings'
+``notify_path`` (``RAYWORKER_NOTIFY_PATH`` or ``--config``). ``redrive`` sends each chosen
+notification once more to its own tenant's receiver, with its original idempotency key, and
+deletes the record once the receiver took it; one that fails again stays, and the command
+says why (:mod:`rayworker.notify.failed`). ``drop`` deletes chosen records without sending.
+
+Exit codes: 0 on success; 1 on an error, or when a re-drive left records that failed again
+(printed as ``error: ...`` or in the table); 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from redis.exceptions import RedisError
+from rich.table import Table
+
+from rayworker.cli_common import non_empty, positive_int, safe_text, terminal
+from rayworker.errors import ConfigError, SinkError
+from rayworker.notify.config import NotifyConfig, load_notify_config
+from rayworker.notify.failed import (
+    FailedFilter,
+    FailedNotification,
+    FailedStore,
+    failed_store,
+    redrive,
+)
+from rayworker.settings import load_settings
+
+__all__ = ["register"]
+
+_REASONS = ["circuit_open", "crashed", "rejected", "retries_exhausted", "shutdown"]
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``failed-notifications`` command to the ``rayworker`` parser's subcommands."""
+    source = argparse.ArgumentParser(add_help=False)
+    source.add_argument(
+        "--notify", type=Path, metavar="FILE", help="the notification config (YAML or JSON)"
+    )
+    source.add_argument("--config", type=Path, help="TOML or YAML settings file naming notify_path")
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--tenant", type=non_empty, help="only this tenant's records")
+    chosen.add_argument("--receiver", type=non_empty, help="only records for this receiver")
+    chosen.add_argument("--reason", choices=_REASONS, help="only records with this reason")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON lines, not a table")
+
+    failed = commands.add_parser(
+        "failed-notifications",
+        help="inspect, re-send and drop notifications that could not be delivered",
+    )
+    sub = failed.add_subparsers(
+        dest="failed_notifications_command", metavar="COMMAND", required=True
+    )
+
+    stats = sub.add_parser(
+        "stats",
+        parents=[source, as_json],
+        help="how many records, by tenant, receiver and reason",
+    )
+    stats.set_defaults(handler=_stats)
+
+    listing = sub.add_parser(
+        "list", parents=[source, chosen, as_json], help="the records, oldest first"
+    )
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, help="at most this many (default 50)"
+    )
+    listing.set_defaults(handler=_list)
+
+    again = sub.add_parser(
+        "redrive",
+        parents=[source, chosen],
+        help="send records again and delete the delivered ones",
+        description=(
+            "Send each chosen notification once more to its tenant's receiver (as configured "
+            "now), with its original idempotency key, and delete each record the receiver "
+            "took. Choose with --id, --tenant, --receiver and --reason (all must match), or "
+            "--all."
+        ),
+    )
+    drop = sub.add_parser(
+        "drop",
+        parents=[source, chosen],
+        help="delete records without sending them",
+        description=(
+            "Delete the chosen records. Choose with --id, --tenant, --receiver and --reason "
+            "(all must match), or --all."
+        ),
+    )
+    for parser, verb in ((again, "send"), (drop, "delete")):
+        parser.add_argument(
+            "--id",
+            dest="ids",
+            action="append",
+            type=non_empty,
+            metavar="ID",
+            help="a record id, as `list` shows it (repeatable)",
+        )
+        parser.add_argument("--all", action="store_true", help="every record")
+        parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
+        parser.add_argument(
+            "--dry-run", action="store_true", help=f"say what would {verb}; {verb} nothing"
+        )
+    again.set_defaults(handler=_redrive, check_args=_check_choice(again))
+    drop.set_defaults(handler=_drop, check_args=_check_choice(drop))
+
+
+def _check_choice(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
+    """Usage rules of a command that acts on chosen records (argparse cannot say them)."""
+
+    def check(args: argparse.Namespace) -> None:
+        narrowed = args.ids or args.tenant or args.receiver or args.reason
+        if not (args.all or narrowed):
+            # A bare command acting on everything would be too easy to type by accident.
+            parser.error("choose records with --id, --tenant, --receiver or --reason, or --all")
+        if args.all and narrowed:
+            parser.error(
+                "--all means every record: give it no --id, --tenant, --receiver or --reason"
+            )
+
+    return check
+
+
+def _notify_config(args: argparse.Namespace) -> NotifyConfig:
+    path = args.notify
+    if path is None:
+        path = load_settings(args.config).notify_path
+    if path is None:
+        msg = (
+            "no notification config: pass --notify FILE, or set RAYWORKER_NOTIFY_PATH "
+            "(or notify_path in --config)"
+        )
+        raise ConfigError(msg)
+    return load_notify_config(path)
+
+
+def _with_store(
+    args: argparse.Namespace,
+    work: Callable[[FailedStore, NotifyConfig], Awaitable[int]],
+) -> int:
+    config = _notify_config(args)
+
+    async def run() -> int:
+        store = failed_store(config.dead_letter)
+        try:
+            return await work(store, config)
+        except (RedisError, OSError) as exc:
+            msg = (
+                f"cannot reach the failed notifications in {store.where}: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            raise SinkError(msg) from None
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _chosen(args: argparse.Namespace) -> FailedFilter:
+    return FailedFilter(
+        tenant=args.tenant,
+        receiver=args.receiver,
+        reason=args.reason,
+        ids=frozenset(args.ids) if getattr(args, "ids", None) else None,
+    )
+
+
+def _records(n: int) -> str:
+    return f"{n:,} failed notification{'' if n == 1 else 's'}"
+
+
+def _stats(args: argparse.Namespace) -> int:
+    async def work(store: FailedStore, _config: NotifyConfig) -> int:
+        found = await store.scan(FailedFilter())
+        bad = await store.unreadable()
+        counts = Counter((f.tenant, f.receiver, f.reason) for f in found)
+        rows = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        if args.json:
+            for (tenant, receiver, reason), n in rows:
+                line = {"tenant": tenant, "receiver": receiver, "reason": reason, "count": n}
+                sys.stdout.write(json.dumps(line) + "\n")
+            return 0
+        console = terminal()
+        if bad:
+            console.print(
+                safe_text(f"{store.where}: {bad:,} entries are not records (left as they are)")
+            )
+        if not rows:
+            console.print(safe_text(f"{store.where}: no failed notifications"))
+            return 0
+        table = Table(title=safe_text(f"{store.where}: {_records(len(found))}"))
+        for name in ("tenant", "receiver", "reason", "count"):
+            table.add_column(name, justify="right" if name == "count" else "left")
+        for (tenant, receiver, reason), n in rows:
+            table.add_row(safe_text(tenant), safe_text(receiver), reason, f"{n:,}")
+        console.print(table)
+        return 0
+
+    return _with_store(args, work)
+
+
+def _list(args: argparse.Namespace) -> int:
+    matches = _chosen(args)
+
+    async def work(store: FailedStore, _config: NotifyConfig) -> int:
+        found = await store.scan(matches, limit=args.limit)
+        if args.json:
+            for failed in found:
+                sys.stdout.write(json.dumps(failed.to_json(), default=str) + "\n")
+            return 0
+        console = terminal()
+        if not found:
+            console.print(safe_text(f"{store.where}: no matching failed notifications"))
+            return 0
+        table = Table()
+        for name in ("id", "failed at", "tenant", "receiver", "reason", "alerts", "error"):
+            table.add_column(name, overflow="fold", no_wrap=name in ("id", "reason"))
+        for failed in found:
+            table.add_row(
+                failed.id,
+                safe_text(str(failed.record.get("failed_at", ""))),
+                safe_text(failed.tenant),
+                safe_text(failed.receiver),
+                failed.reason,
+                safe_text(_alerts(failed)),
+                safe_text(str(failed.record.get("error", ""))),
+            )
+        console.print(table)
+        return 0
+
+    return _with_store(args, work)
+
+
+def _alerts(failed: FailedNotification) -> str:
+    ids = failed.record.get("alert_ids")
+    if not isinstance(ids, list) or not ids:
+        return ""
+    shown = ", ".join(str(i) for i in ids[:3])
+    return shown + (f" (+{len(ids) - 3:,} more)" if len(ids) > 3 else "")
+
+
+def _redrive(args: argparse.Namespace) -> int:
+    matches = _chosen(args)
+
+    async def work(store: FailedStore, config: NotifyConfig) -> int:
+        chosen = await store.scan(matches, limit=args.limit)
+        console = terminal()
+        if args.dry_run:
+            console.print(safe_text(f"would send {_records(len(chosen))} again (dry run)"))
+            return 0
+        report = await redrive(store, chosen, config)
+        if report.failed or report.skipped:
+            table = Table(title="not delivered (kept)")
+            for name in ("id", "tenant", "receiver", "why"):
+                table.add_column(name, overflow="fold", no_wrap=name == "id")
+            for failed, why in [*report.failed, *report.skipped]:
+                table.add_row(
+                    failed.id, safe_text(failed.tenant), safe_text(failed.receiver), safe_text(why)
+                )
+            console.print(table)
+        sent = len(report.sent)
+        summary = (
+            f"sent {_records(sent)} again and deleted {'it' if sent == 1 else 'them'} from "
+            f"{store.where}"
+            if sent
+            else f"sent none of {_records(len(chosen))} again"
+        )
+        if report.failed:
+            summary += f"; kept {len(report.failed):,} that failed again"
+        if report.skipped:
+            summary += f"; kept {len(report.skipped):,} not tried after their receiver failed"
+        if report.busy:
+            summary += (
+                f"; left {len(report.busy):,} to another re-drive that had them (or sent them)"
+            )
+        console.print(safe_text(summary))
+        return 1 if report.failed or report.skipped else 0
+
+    return _with_store(args, work)
+
+
+def _drop(args: argparse.Namespace) -> int:
+    matches = _chosen(args)
+
+    async def work(store: FailedStore, _config: NotifyConfig) -> int:
+        chosen = [failed.id for failed in await store.scan(matches, limit=args.limit)]
+        console = terminal()
+        if args.dry_run:
+            console.print(safe_text(f"would delete {_records(len(chosen))} (dry run)"))
+            return 0
+        deleted = await store.remove(chosen)
+        console.print(safe_text(f"deleted {_records(deleted)} from {store.where}"))
+        return 0
+
+    return _with_store(args, work)

@@ -1,0 +1,462 @@
+"""The operator's side of failed notifications: list, count, re-drive and drop them.
+
+The notifier writes a notification it could not deliver (retries exhausted, circuit open,
+rejected, or still in flight at shutdown) to its dead-letter store, with the notification as it
+was to be sent (:mod:`rayworker.notify.dead_letters`). Once the receiver is back or its
+configuration is fixed, :func:`redrive` sends chosen records once more and deletes each one
+that is delivered; one that fails again stays, with the new error reported.
+
+* **At least once, never twice at once.** A record is deleted only after its receiver took
+  it, so a crash in between sends it again on the next re-drive, with the same idempotency key
+  (``Idempotency-Key`` and the body's ``idempotency_key``), which lets the receiver drop it.
+  Two operators re-driving the same stream do not both send a record: each record is first
+  claimed with ``SET NX`` on a key that expires (a Redis stream), or the whole re-drive holds
+  ``<file>.redrive.lock`` (the file store).
+* **Only the record's own tenant.** A record is sent to the receiver of that name in its own
+  tenant's configuration (or the default one), never to another tenant's.
+* **One attempt per record.** After a receiver fails transiently (a timeout, a 5xx, no
+  connection), the rest of its records in the same run are skipped rather than each waiting
+  for its timeout; they stay in the store for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import httpx
+import redis.asyncio as aioredis
+from filelock import FileLock, Timeout
+from xxhash import xxh3_64_hexdigest
+
+from rayworker.errors import SinkError
+from rayworker.notify.config import (
+    DeadLetterConfig,
+    EmailReceiver,
+    NotifyConfig,
+    NtfyReceiver,
+    WebhookReceiver,
+)
+from rayworker.notify.dead_letters import lock_of, notification_of
+from rayworker.notify.receivers import DeliveryError, Sender, build_sender
+
+__all__ = [
+    "FailedFile",
+    "FailedFilter",
+    "FailedNotification",
+    "FailedStore",
+    "FailedStream",
+    "RedriveReport",
+    "failed_store",
+    "redrive",
+]
+
+_PAGE: Final = 500
+_CLAIM_MARGIN_S: Final = 30.0  # a claim outlives one attempt's timeout by this much
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FailedNotification:
+    """One record of the store: its id there and what the notifier wrote."""
+
+    id: str
+    record: dict[str, Any]
+
+    @property
+    def tenant(self) -> str:
+        """The tenant whose notification it is."""
+        return str(self.record.get("tenant", ""))
+
+    @property
+    def receiver(self) -> str:
+        """The receiver's name in the tenant's configuration."""
+        return str(self.record.get("receiver", ""))
+
+    @property
+    def reason(self) -> str:
+        """Why it was dead-lettered (``retries_exhausted``, ``rejected``, ...)."""
+        return str(self.record.get("reason", ""))
+
+    def to_json(self) -> dict[str, Any]:
+        """The record with its id, as ``list --json`` prints it."""
+        return {"id": self.id, **self.record}
+
+
+@dataclass(frozen=True, slots=True)
+class FailedFilter:
+    """Chooses records; every given criterion must match (none given: every record)."""
+
+    tenant: str | None = None
+    receiver: str | None = None
+    reason: str | None = None
+    ids: frozenset[str] | None = None
+
+    def __call__(self, failed: FailedNotification) -> bool:
+        """True when the record matches."""
+        return (
+            (self.tenant is None or failed.tenant == self.tenant)
+            and (self.receiver is None or failed.receiver == self.receiver)
+            and (self.reason is None or failed.reason == self.reason)
+            and (self.ids is None or failed.id in self.ids)
+        )
+
+
+class FailedStore(Protocol):
+    """Where the notifier's dead letters are, as the operator's tools need it."""
+
+    where: str
+    """The store, for messages (a stream key or a file path)."""
+
+    async def scan(
+        self, matches: FailedFilter, *, limit: int | None = None
+    ) -> list[FailedNotification]:
+        """The matching records, oldest first (at most ``limit``)."""
+        ...
+
+    async def unreadable(self) -> int:
+        """How many entries are not records at all (never touched by re-drive or drop)."""
+        ...
+
+    async def claim(self, failed_id: str, ttl_s: float) -> bool:
+        """Take the record for one re-drive attempt; False when another re-drive has it or
+        it is gone."""
+        ...
+
+    async def release(self, failed_id: str) -> None:
+        """Give the record back after a failed attempt, for a later re-drive."""
+        ...
+
+    async def remove(self, ids: Sequence[str]) -> int:
+        """Delete the records; how many were still there."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and locks."""
+        ...
+
+
+class FailedStream:
+    """The Redis stream store (``dead_letter.redis_url`` and ``dead_letter.stream``)."""
+
+    def __init__(self, client: aioredis.Redis, key: str) -> None:
+        self.client = client
+        self.key = key
+        self.where = key
+        self._token = secrets.token_hex(8)
+        self._bad = 0
+
+    async def scan(
+        self, matches: FailedFilter, *, limit: int | None = None
+    ) -> list[FailedNotification]:
+        """The matching records, oldest first."""
+        found: list[FailedNotification] = []
+        self._bad = 0
+        if matches.ids is not None:
+            # Straight to the named entries rather than through the whole stream.
+            for record_id in sorted(matches.ids, key=_position):
+                records, _, _ = await self._range(record_id, record_id, 1)
+                found.extend(f for f in records if matches(f))
+            return found[:limit] if limit is not None else found
+        start = "-"
+        while True:
+            records, read, last = await self._range(start, "+", _PAGE)
+            for failed in records:
+                if matches(failed):
+                    found.append(failed)
+                    if limit is not None and len(found) >= limit:
+                        return found
+            if read < _PAGE:
+                return found
+            start = "(" + last
+
+    async def unreadable(self) -> int:
+        """Entries of the last full :meth:`scan` without a readable record."""
+        return self._bad
+
+    async def _range(
+        self, start: str, end: str, count: int
+    ) -> tuple[list[FailedNotification], int, str]:
+        """The records in a range, how many entries it held, and the last entry's id."""
+        try:
+            page: Any = await self.client.xrange(self.key, start, end, count=count)
+        except aioredis.ResponseError:  # not an entry id this stream could hold
+            return [], 0, start
+        records: list[FailedNotification] = []
+        last = start
+        for raw_id, fields in page:
+            last = _text(raw_id)
+            raw = fields.get(b"record", fields.get("record"))
+            try:
+                record = json.loads(raw) if raw is not None else None
+            except ValueError:
+                record = None
+            if isinstance(record, dict):
+                records.append(FailedNotification(last, record))
+            else:
+                self._bad += 1
+        return records, len(page), last
+
+    async def claim(self, failed_id: str, ttl_s: float) -> bool:
+        """``SET NX`` on ``<stream>:claim:<id>``, expiring after ``ttl_s``; then the record
+        must still be there (another re-drive may have sent and deleted it since our scan)."""
+        claimed = await self.client.set(
+            self._claim_key(failed_id), self._token, nx=True, px=int(ttl_s * 1000)
+        )
+        if not claimed:
+            return False
+        if await self.client.xrange(self.key, failed_id, failed_id, count=1):
+            return True
+        await self.release(failed_id)
+        return False
+
+    async def release(self, failed_id: str) -> None:
+        """Give up this re-drive's claim (only its own: a claim that expired and was taken
+        by another re-drive stays theirs)."""
+        await self.client.eval(_RELEASE, 1, self._claim_key(failed_id), self._token)
+
+    def _claim_key(self, failed_id: str) -> str:
+        return f"{self.key}:claim:{failed_id}"
+
+    async def remove(self, ids: Sequence[str]) -> int:
+        """XDEL the records, then give up this re-drive's claims on them."""
+        if not ids:
+            return 0
+        deleted = int(await self.client.xdel(self.key, *ids))
+        for failed_id in ids:
+            await self.release(failed_id)
+        return deleted
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+
+class FailedFile:
+    """The local JSONL store (``dead_letter.path``, the embedded mode).
+
+    A record's id is the xxh3-64 digest of its line, which does not change when other lines
+    are removed; two identical lines share it and are re-driven or dropped together.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        self._lock = lock_of(path)
+        self._run_lock = FileLock(f"{path}.redrive.lock")
+        self._bad = 0
+
+    def _read(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        """Each line with its id and record (None when the line is not one)."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            msg = f"cannot read failed notifications from {self.path}: {exc.strerror}"
+            raise SinkError(msg) from None
+        rows: list[tuple[str, str, dict[str, Any] | None]] = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            rows.append(
+                (
+                    xxh3_64_hexdigest(line.encode("utf-8", "surrogateescape")),
+                    line,
+                    (record if isinstance(record, dict) else None),
+                )
+            )
+        return rows
+
+    async def scan(
+        self, matches: FailedFilter, *, limit: int | None = None
+    ) -> list[FailedNotification]:
+        """The matching records, in file order (oldest first)."""
+        rows = await asyncio.to_thread(self._locked_read)
+        self._bad = sum(1 for _, _, record in rows if record is None)
+        found = [
+            failed
+            for record_id, _, record in rows
+            if record is not None and matches(failed := FailedNotification(record_id, record))
+        ]
+        return found[:limit] if limit is not None else found
+
+    def _locked_read(self) -> list[tuple[str, str, dict[str, Any] | None]]:
+        with self._lock:
+            return self._read()
+
+    async def unreadable(self) -> int:
+        """Lines of the last :meth:`scan` that are not records."""
+        return self._bad
+
+    async def claim(self, failed_id: str, ttl_s: float) -> bool:
+        """Hold ``<file>.redrive.lock`` for the rest of this re-drive (taken once)."""
+        if not self._run_lock.is_locked:
+            try:
+                await asyncio.to_thread(self._run_lock.acquire, timeout=0)
+            except Timeout:
+                msg = f"another re-drive of {self.path} is running; wait for it to finish"
+                raise SinkError(msg) from None
+        return True
+
+    async def release(self, failed_id: str) -> None:
+        """Nothing to give back: the run lock is held until :meth:`close`."""
+
+    async def remove(self, ids: Sequence[str]) -> int:
+        """Rewrite the file without those records (atomically, under the writers' lock)."""
+        if not ids:
+            return 0
+        return await asyncio.to_thread(self._remove, frozenset(ids))
+
+    def _remove(self, ids: frozenset[str]) -> int:
+        with self._lock:
+            rows = self._read()
+            kept = [line for record_id, line, _ in rows if record_id not in ids]
+            removed = len(rows) - len(kept)
+            if removed:
+                temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                data = "".join(f"{line}\n" for line in kept)
+                with temp.open("w", encoding="utf-8", errors="surrogateescape") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                # A crash before this leaves the old file whole; after, the new one.
+                temp.replace(self.path)
+            return removed
+
+    async def close(self) -> None:
+        """Release the re-drive lock if this store took it."""
+        if self._run_lock.is_locked:
+            self._run_lock.release()
+
+
+def failed_store(config: DeadLetterConfig, *, base: Path | None = None) -> FailedStore:
+    """The store the notifier's configuration names: its Redis stream, else its file
+    (a relative path is taken from ``base``, else the current directory)."""
+    if config.redis_url is not None:
+        client = aioredis.Redis.from_url(
+            config.redis_url.get_secret_value(), socket_connect_timeout=5, socket_timeout=30
+        )
+        return FailedStream(client, config.stream)
+    path = config.path if base is None or config.path.is_absolute() else base / config.path
+    return FailedFile(path)
+
+
+@dataclass
+class RedriveReport:
+    """What one re-drive did, record by record."""
+
+    sent: list[FailedNotification] = field(default_factory=list)
+    failed: list[tuple[FailedNotification, str]] = field(default_factory=list)
+    skipped: list[tuple[FailedNotification, str]] = field(default_factory=list)
+    """Not tried: their receiver failed earlier in the run (kept for the next one)."""
+    busy: list[FailedNotification] = field(default_factory=list)
+    """Not tried: another re-drive had claimed them, or sent and deleted them already."""
+    gone: int = 0
+    """Records delivered but already deleted meanwhile (by a drop)."""
+
+
+SenderFor = Callable[[str, str], Sender]
+"""``(tenant, receiver name) -> Sender``; raises :class:`SinkError` when there is none."""
+
+
+async def redrive(
+    store: FailedStore,
+    chosen: Sequence[FailedNotification],
+    config: NotifyConfig,
+    *,
+    senders: SenderFor | None = None,
+) -> RedriveReport:
+    """Send each chosen record once to its tenant's receiver; delete the delivered ones."""
+    report = RedriveReport()
+    down: dict[tuple[str, str], str] = {}
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        sender_for = senders or _senders(config, client)
+        for failed in chosen:
+            key = (failed.tenant, failed.receiver)
+            if key in down:
+                report.skipped.append((failed, f"receiver {failed.receiver} failed earlier"))
+                continue
+            try:
+                n = notification_of(failed.record)
+                receiver = _receiver(config, n.tenant, n.receiver)
+                timeout = config.delivery_for(receiver).timeout
+                sender = sender_for(n.tenant, n.receiver)
+            except SinkError as exc:
+                report.failed.append((failed, str(exc)))
+                continue
+            if not await store.claim(failed.id, timeout + _CLAIM_MARGIN_S):
+                report.busy.append(failed)
+                continue
+            try:
+                async with asyncio.timeout(timeout):
+                    await sender.send(n)
+            except TimeoutError:
+                error = f"receiver {n.receiver}: no answer within {timeout:g}s"
+                down[key] = error
+                report.failed.append((failed, error))
+                await store.release(failed.id)
+                continue
+            except DeliveryError as exc:
+                if exc.transient:
+                    down[key] = str(exc)
+                report.failed.append((failed, str(exc)))
+                await store.release(failed.id)
+                continue
+            report.sent.append(failed)
+            if await store.remove([failed.id]) == 0:
+                report.gone += 1
+    return report
+
+
+def _receiver(
+    config: NotifyConfig, tenant: str, name: str
+) -> WebhookReceiver | NtfyReceiver | EmailReceiver:
+    own = config.for_tenant(tenant)
+    if own is None:
+        msg = f"tenant {tenant} has no notification configuration (and there is no default)"
+        raise SinkError(msg)
+    with contextlib.suppress(StopIteration):
+        return own.receiver(name)
+    msg = f"tenant {tenant} has no receiver named {name} any more; drop the record or add it"
+    raise SinkError(msg)
+
+
+def _senders(config: NotifyConfig, client: httpx.AsyncClient) -> SenderFor:
+    made: dict[tuple[str, str], Sender] = {}
+
+    def sender(tenant: str, name: str) -> Sender:
+        found = made.get((tenant, name))
+        if found is None:
+            receiver = _receiver(config, tenant, name)
+            timeout = config.delivery_for(receiver).timeout
+            found = made[(tenant, name)] = build_sender(receiver, client, timeout)
+        return found
+
+    return sender
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _position(record_id: str) -> tuple[int, int]:
+    ms, _, seq = record_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
