@@ -154,6 +154,7 @@ class FailedStream:
         self.key = key
         self.where = key
         self._token = secrets.token_hex(8)
+        self._claimed: set[str] = set()
         self._bad = 0
 
     async def scan(
@@ -215,6 +216,7 @@ class FailedStream:
         )
         if not claimed:
             return False
+        self._claimed.add(failed_id)
         if await self.client.xrange(self.key, failed_id, failed_id, count=1):
             return True
         await self.release(failed_id)
@@ -223,7 +225,9 @@ class FailedStream:
     async def release(self, failed_id: str) -> None:
         """Give up this re-drive's claim (only its own: a claim that expired and was taken
         by another re-drive stays theirs)."""
-        await self.client.eval(_RELEASE, 1, self._claim_key(failed_id), self._token)
+        if failed_id in self._claimed:
+            self._claimed.discard(failed_id)
+            await self.client.eval(_RELEASE, 1, self._claim_key(failed_id), self._token)
 
     def _claim_key(self, failed_id: str) -> str:
         return f"{self.key}:claim:{failed_id}"
