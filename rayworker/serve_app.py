@@ -18,6 +18,9 @@ Components (only those the settings use are checked)::
     postgres    SELECT 1 through asyncpg          (alerts_dsn postgresql://...)
     sqlite      SELECT 1 on the file, read-only   (alerts_dsn sqlite:///...)
     lag         XINFO GROUPS: lag + pending of the consumer group (redis source)
+    dead_letters          the event dead-letter stream: WARNING while its newest record is
+                          recent (redis source)
+    failed_notifications  the notifier's dead letters, graded the same way (notify_path)
     processing  error rate and p99 from the metrics store (or the ``rayworker-metrics`` actor)
 
 :func:`build_probes` and :func:`collect` work without Serve (``rayworker check``): in a
@@ -68,6 +71,9 @@ from rayworker.health import (
     snapshot_from_json,
     worst,
 )
+from rayworker.notify.config import DeadLetterConfig, load_notify_config
+from rayworker.notify.failed import failed_store
+from rayworker.notify.receivers import scrub
 from rayworker.pipeline.runtime import connect_ray
 from rayworker.settings import Settings, redact_dsn
 from rayworker.sinks.factory import metrics_store, sqlite_path
@@ -343,6 +349,49 @@ async def probe_dead_letters(settings: Settings) -> ComponentHealth:
     return ComponentHealth("dead_letters", status, message, detail)
 
 
+async def probe_failed_notifications(
+    settings: Settings, config: DeadLetterConfig
+) -> ComponentHealth:
+    """The notifier's dead letters: how many it holds and how recent the newest is."""
+    store = failed_store(config)
+    try:
+        found = await store.summary()
+    except Exception as exc:  # noqa: BLE001 - re-raised, scrubbed of the store's URL
+        hidden = [config.redis_url.get_secret_value()] if config.redis_url is not None else []
+        raise ProbeError(scrub(f"{type(exc).__name__}: {exc}", hidden)) from None
+    finally:
+        await store.close()
+    detail: dict[str, Any] = {"store": store.where, "length": found.count}
+    held = f"{found.count:,} failed notification{'' if found.count == 1 else 's'}"
+    if found.newest_at is None:
+        return ComponentHealth(
+            "failed_notifications", Status.OK, f"no failed notifications in {store.where}", detail
+        )
+    age_s = max(0.0, time.time() - found.newest_at)
+    detail["newest_age_s"] = round(age_s, 1)
+    status = grade_dead_letters(age_s, settings.health)
+    newest = found.newest
+    if newest is not None:
+        detail.update(
+            newest_reason=newest.reason,
+            newest_tenant=newest.tenant,
+            newest_receiver=newest.receiver,
+        )
+    if status is Status.OK:
+        message = f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
+    else:
+        about = (
+            f" ({newest.reason}, tenant {newest.tenant}, receiver {newest.receiver})"
+            if newest is not None
+            else ""
+        )
+        message = (
+            f"{held}, the newest {age_s:,.0f} s ago{about}; "
+            "see `rayworker failed-notifications stats`"
+        )
+    return ComponentHealth("failed_notifications", status, message, detail)
+
+
 # --------------------------------------------------------------------------- alerts database
 
 
@@ -465,6 +514,11 @@ def build_probes(settings: Settings) -> dict[str, Probe]:
     if settings.source == "redis":
         probes["lag"] = functools.partial(probe_lag, settings)
         probes["dead_letters"] = functools.partial(probe_dead_letters, settings)
+    if settings.notify_path is not None:
+        dead = load_notify_config(settings.notify_path).dead_letter
+        probes["failed_notifications"] = functools.partial(
+            probe_failed_notifications, settings, dead
+        )
     probes["processing"] = functools.partial(probe_processing, settings)
     return probes
 

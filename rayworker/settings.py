@@ -65,7 +65,10 @@ class HealthThresholds(BaseModel):
     dead_letter_recent_s: float = Field(
         900.0,
         gt=0,
-        description="the dead-letter stream is WARNING while its newest record is this recent",
+        description=(
+            "the dead-letter stream and the failed notifications are WARNING while their "
+            "newest record is this recent"
+        ),
     )
     check_timeout_s: float = Field(5.0, gt=0)
 

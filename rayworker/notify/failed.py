@@ -28,6 +28,7 @@ import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -45,6 +46,7 @@ from rayworker.notify.config import (
     WebhookReceiver,
 )
 from rayworker.notify.dead_letters import lock_of, notification_of
+from rayworker.notify.model import epoch_s
 from rayworker.notify.receivers import DeliveryError, Sender, build_sender
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "FailedNotification",
     "FailedStore",
     "FailedStream",
+    "FailedSummary",
     "RedriveReport",
     "failed_store",
     "redrive",
@@ -112,6 +115,16 @@ class FailedFilter:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class FailedSummary:
+    """How many records a store holds, and its newest one (for health and metrics)."""
+
+    count: int
+    newest_at: float | None = None
+    """When the newest record was written (epoch seconds), None without records."""
+    newest: FailedNotification | None = None
+
+
 class FailedStore(Protocol):
     """Where the notifier's dead letters are, as the operator's tools need it."""
 
@@ -126,6 +139,10 @@ class FailedStore(Protocol):
 
     async def unreadable(self) -> int:
         """How many entries are not records at all (never touched by re-drive or drop)."""
+        ...
+
+    async def summary(self) -> FailedSummary:
+        """The record count and the newest record, cheaply."""
         ...
 
     async def claim(self, failed_id: str, ttl_s: float) -> bool:
@@ -185,6 +202,20 @@ class FailedStream:
         """Entries of the last full :meth:`scan` without a readable record."""
         return self._bad
 
+    async def summary(self) -> FailedSummary:
+        """XLEN and the newest entry (its id starts with the milliseconds Redis added it at)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xlen(self.key)
+        pipe.xrevrange(self.key, "+", "-", count=1)
+        length, top = await pipe.execute()
+        if not top:
+            return FailedSummary(int(length))
+        entry_id = _text(top[0][0])
+        records, _, _ = await self._records_of(top)
+        return FailedSummary(
+            int(length), _position(entry_id)[0] / 1000.0, records[0] if records else None
+        )
+
     async def _range(
         self, start: str, end: str, count: int
     ) -> tuple[list[FailedNotification], int, str]:
@@ -193,6 +224,11 @@ class FailedStream:
             page: Any = await self.client.xrange(self.key, start, end, count=count)
         except aioredis.ResponseError:  # not an entry id this stream could hold
             return [], 0, start
+        return await self._records_of(page, start)
+
+    async def _records_of(
+        self, page: Any, start: str = "-"
+    ) -> tuple[list[FailedNotification], int, str]:
         records: list[FailedNotification] = []
         last = start
         for raw_id, fields in page:
@@ -306,6 +342,20 @@ class FailedFile:
     async def unreadable(self) -> int:
         """Lines of the last :meth:`scan` that are not records."""
         return self._bad
+
+    async def summary(self) -> FailedSummary:
+        """The records in the file; the newest is the last, written at its ``failed_at``
+        (else when the file last changed)."""
+        rows = await asyncio.to_thread(self._locked_read)
+        records = [FailedNotification(i, r) for i, _, r in rows if r is not None]
+        if not records:
+            return FailedSummary(0)
+        newest = records[-1]
+        try:
+            at = epoch_s(datetime.fromisoformat(str(newest.record["failed_at"])))
+        except (KeyError, ValueError):
+            at = self.path.stat().st_mtime
+        return FailedSummary(len(records), at, newest)
 
     async def claim(self, failed_id: str, ttl_s: float) -> bool:
         """Hold ``<file>.redrive.lock`` for the rest of this re-drive (taken once)."""

@@ -80,6 +80,27 @@ class _PipelineCollector(Collector):
         dead = self.report.components.get("dead_letters")
         if dead is not None and "length" in dead.detail:
             yield from self._dead_letters(dead.detail)
+        failed = self.report.components.get("failed_notifications")
+        if failed is not None and "length" in failed.detail:
+            yield from self._failed_notifications(failed.detail)
+
+    def _failed_notifications(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
+        labels, values = ["store"], [str(detail.get("store", ""))]
+        held = GaugeMetricFamily(
+            f"{self.prefix}_failed_notifications",
+            "Notifications held in the notifier's dead-letter store (not delivered).",
+            labels=labels,
+        )
+        held.add_metric(values, int(detail["length"]))
+        yield held
+        if detail.get("newest_age_s") is not None:
+            age = GaugeMetricFamily(
+                f"{self.prefix}_failed_notification_newest_age_seconds",
+                "Seconds since the newest notification was dead-lettered.",
+                labels=labels,
+            )
+            age.add_metric(values, float(detail["newest_age_s"]))
+            yield age
 
     def _dead_letters(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
         labels, values = ["stream"], [str(detail.get("stream", ""))]

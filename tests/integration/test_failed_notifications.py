@@ -18,8 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from rayworker.cli import main
-from rayworker.clock import FixedClock
+from rayworker.clock import SystemClock
 from rayworker.errors import SinkError
+from rayworker.health import Status
 from rayworker.notify import NotifyConfig, parse_notify_config
 from rayworker.notify.dead_letters import (
     FileDeadLetters,
@@ -32,6 +33,7 @@ from rayworker.notify.failed import FailedFile, FailedFilter, FailedStream, fail
 from rayworker.notify.model import Notification
 from rayworker.notify.receivers import build_sender
 from rayworker.pipeline.app import Pipeline
+from rayworker.serve_app import build_probes
 from rayworker.settings import load_settings
 from tests.integration.http_receiver import HttpReceiver
 from tests.integration.test_notify_receivers import SECRET
@@ -114,7 +116,7 @@ def fail_to_deliver(cfg: NotifyConfig, notifications: list[Notification]) -> Non
                 assert own is not None
                 return build_sender(own.receiver(receiver), client, 2.0)
 
-            deliverer = Deliverer(cfg, sender, sink, FixedClock(NOW))
+            deliverer = Deliverer(cfg, sender, sink, SystemClock())
             for n in notifications:
                 assert not await deliverer.deliver(n)
         await sink.close()
@@ -426,3 +428,29 @@ def test_pipeline_and_cli_find_a_relative_file_store_in_the_same_place(
     assert pipeline.notify_config.dead_letter.path == tmp_path / "failed.jsonl"
     store = failed_store(parse_notify_config(json.loads(config_file.read_text())).dead_letter)
     assert Path(store.where).resolve() == tmp_path / "failed.jsonl"
+
+
+def test_health_grades_failed_notifications_by_their_newest(
+    http_receiver: Callable[..., HttpReceiver], dead_letter: dict[str, Any], tmp_path: Path
+) -> None:
+    """/readyz's failed_notifications: OK while the store is empty; WARNING naming tenant,
+    receiver and reason right after a notification fails; OK again (with the count) once
+    the newest is older than dead_letter_recent_s."""
+    receiver = http_receiver([503])
+    data = config_data(receiver.url, dead_letter)
+    config_file = write_config(tmp_path / "notify.json", data)
+    settings = load_settings(None, notify_path=config_file, source="jsonl")
+    probe = build_probes(settings)["failed_notifications"]
+    assert asyncio.run(probe()).status is Status.OK
+
+    fail_to_deliver(parse_notify_config(data), [notification("org-2", 1)])
+    recent = asyncio.run(probe())
+    assert recent.status is Status.WARNING
+    assert "tenant org-2, receiver hook" in recent.message
+    assert recent.detail["length"] == 1
+
+    later = load_settings(
+        None, notify_path=config_file, source="jsonl", health={"dead_letter_recent_s": 0.001}
+    )
+    old = asyncio.run(build_probes(later)["failed_notifications"]())
+    assert (old.status, old.detail["length"]) == (Status.OK, 1)

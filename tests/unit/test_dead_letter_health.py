@@ -47,3 +47,21 @@ def test_metrics_expose_the_dead_letter_count_and_newest_age() -> None:
     }
     assert samples[("rw_dead_letter_entries", (("stream", "rw:dead"),))] == 42
     assert samples[("rw_dead_letter_newest_age_seconds", (("stream", "rw:dead"),))] == 12.5
+
+
+def test_metrics_expose_the_failed_notification_count_and_newest_age() -> None:
+    """/metrics carries how many notifications were dead-lettered and how recently, by store."""
+    detail = {"store": "rw:notify-dlq", "length": 3, "newest_age_s": 4.0}
+    report = HealthReport.of(
+        [ComponentHealth("failed_notifications", Status.WARNING, "3 failed", detail)],
+        datetime(2026, 3, 10, tzinfo=UTC),
+    )
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(render_pipeline(report, prefix="rw"))
+        for s in family.samples
+    }
+    assert samples[("rw_failed_notifications", (("store", "rw:notify-dlq"),))] == 3
+    assert (
+        samples[("rw_failed_notification_newest_age_seconds", (("store", "rw:notify-dlq"),))] == 4.0
+    )
