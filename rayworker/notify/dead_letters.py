@@ -102,7 +102,7 @@ def notification_of(record: dict[str, Any]) -> Notification:
 
 def lock_of(path: Path) -> FileLock:
     """The lock a file store's writers and its re-driver share (``<file>.lock``)."""
-    return FileLock(f"{path}.lock")
+    return FileLock(f"{path}.lock", thread_local=False)
 
 
 class DeadLetterSink(Protocol):

@@ -293,7 +293,7 @@ class FailedFile:
         self.path = path
         self.where = str(path)
         self._lock = lock_of(path)
-        self._run_lock = FileLock(f"{path}.redrive.lock")
+        self._run_lock = FileLock(f"{path}.redrive.lock", thread_local=False)
         self._bad = 0
 
     def _read(self) -> list[tuple[str, str, dict[str, Any] | None]]:

@@ -454,3 +454,23 @@ def test_health_grades_failed_notifications_by_their_newest(
     )
     old = asyncio.run(build_probes(later)["failed_notifications"]())
     assert (old.status, old.detail["length"]) == (Status.OK, 1)
+
+
+def test_redrive_all_sends_every_record_and_empties_the_store(
+    http_receiver: Callable[..., HttpReceiver],
+    dead_letter: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`redrive --all` with the receiver back: every record is sent once, in order, and the
+    store is left empty."""
+    receiver = http_receiver([503] * 5)
+    data = config_data(receiver.url, dead_letter)
+    fail_to_deliver(parse_notify_config(data), [notification("org-1", i) for i in range(5)])
+    config_file = write_config(tmp_path / "notify.json", data)
+
+    assert main(["failed-notifications", "redrive", "--notify", str(config_file), "--all"]) == 0
+    assert "sent 5 failed notifications again" in capsys.readouterr().out
+    keys = [r.headers["Idempotency-Key"] for r in receiver.requests[5:]]
+    assert keys == [f"org-1-key-{i}" for i in range(5)]
+    assert listed(config_file, capsys) == []
