@@ -7,8 +7,10 @@ configuration is fixed, :func:`redrive` sends chosen records once more and delet
 that is delivered; one that fails again stays, with the new error reported.
 
 * **At least once, never twice at once.** A record is deleted only after its receiver took
-  it, so a crash in between sends it again on the next re-drive, with the same idempotency key
-  (``Idempotency-Key`` and the body's ``idempotency_key``), which lets the receiver drop it.
+  it (from a stream at once; from a file 100 at a time, and at the end of the run even when it
+  is interrupted), so a crash in between sends it again on the next re-drive, with the same
+  idempotency key (``Idempotency-Key`` and the body's ``idempotency_key``), which lets the
+  receiver drop it.
   Two operators re-driving the same stream do not both send a record: each record is first
   claimed with ``SET NX`` on a key that expires (a Redis stream), or the whole re-drive holds
   ``<file>.redrive.lock`` (the file store).
@@ -130,6 +132,8 @@ class FailedStore(Protocol):
 
     where: str
     """The store, for messages (a stream key or a file path)."""
+    removal_batch: int
+    """How many delivered records :func:`redrive` deletes in one call."""
 
     async def scan(
         self, matches: FailedFilter, *, limit: int | None = None
@@ -170,6 +174,8 @@ class FailedStream:
         self.client = client
         self.key = key
         self.where = key
+        # One by one: a record stays claimed until it is deleted, and claims expire.
+        self.removal_batch = 1
         self._token = secrets.token_hex(8)
         self._claimed: set[str] = set()
         self._bad = 0
@@ -292,6 +298,8 @@ class FailedFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.where = str(path)
+        # Each call rewrites the file; the run lock keeps other re-drives out meanwhile.
+        self.removal_batch = 100
         self._lock = lock_of(path)
         self._run_lock = FileLock(f"{path}.redrive.lock", thread_local=False)
         self._bad = 0
@@ -438,43 +446,69 @@ async def redrive(
     """Send each chosen record once to its tenant's receiver; delete the delivered ones."""
     report = RedriveReport()
     down: dict[tuple[str, str], str] = {}
+    delivered: list[str] = []
+
+    async def forget_delivered() -> None:
+        if delivered:
+            report.gone += len(delivered) - await store.remove(delivered)
+            delivered.clear()
+
     async with httpx.AsyncClient(follow_redirects=False) as client:
         sender_for = senders or _senders(config, client)
-        for failed in chosen:
-            key = (failed.tenant, failed.receiver)
-            if key in down:
-                report.skipped.append((failed, f"receiver {failed.receiver} failed earlier"))
-                continue
-            try:
-                n = notification_of(failed.record)
-                receiver = _receiver(config, n.tenant, n.receiver)
-                timeout = config.delivery_for(receiver).timeout
-                sender = sender_for(n.tenant, n.receiver)
-            except SinkError as exc:
-                report.failed.append((failed, str(exc)))
-                continue
-            if not await store.claim(failed.id, timeout + _CLAIM_MARGIN_S):
-                report.busy.append(failed)
-                continue
-            try:
-                async with asyncio.timeout(timeout):
-                    await sender.send(n)
-            except TimeoutError:
-                error = f"receiver {n.receiver}: no answer within {timeout:g}s"
-                down[key] = error
-                report.failed.append((failed, error))
-                await store.release(failed.id)
-                continue
-            except DeliveryError as exc:
-                if exc.transient:
-                    down[key] = str(exc)
-                report.failed.append((failed, str(exc)))
-                await store.release(failed.id)
-                continue
-            report.sent.append(failed)
-            if await store.remove([failed.id]) == 0:
-                report.gone += 1
+        try:
+            for failed in chosen:
+                if await _redrive_one(store, failed, config, sender_for, down, report):
+                    delivered.append(failed.id)
+                    if len(delivered) >= store.removal_batch:
+                        await forget_delivered()
+        finally:
+            # Even when interrupted: what was delivered is not sent again by the next run.
+            await forget_delivered()
     return report
+
+
+async def _redrive_one(
+    store: FailedStore,
+    failed: FailedNotification,
+    config: NotifyConfig,
+    sender_for: SenderFor,
+    down: dict[tuple[str, str], str],
+    report: RedriveReport,
+) -> bool:
+    """Send one record once; True when its receiver took it (noted in ``report``)."""
+    key = (failed.tenant, failed.receiver)
+    if key in down:
+        report.skipped.append((failed, f"receiver {failed.receiver} failed earlier"))
+        return False
+    try:
+        n = notification_of(failed.record)
+        receiver = _receiver(config, n.tenant, n.receiver)
+        timeout = config.delivery_for(receiver).timeout
+        sender = sender_for(n.tenant, n.receiver)
+    except SinkError as exc:
+        report.failed.append((failed, str(exc)))
+        return False
+    if not await store.claim(failed.id, timeout + _CLAIM_MARGIN_S):
+        report.busy.append(failed)
+        return False
+    try:
+        async with asyncio.timeout(timeout):
+            await sender.send(n)
+    except TimeoutError:
+        error = f"receiver {n.receiver}: no answer within {timeout:g}s"
+    except DeliveryError as exc:
+        error = str(exc)
+        if not exc.transient:
+            report.failed.append((failed, error))
+            await store.release(failed.id)
+            return False
+    else:
+        report.sent.append(failed)
+        return True
+    down[key] = error
+    report.failed.append((failed, error))
+    await store.release(failed.id)
+    return False
 
 
 def _receiver(
