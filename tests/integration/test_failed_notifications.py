@@ -474,3 +474,44 @@ def test_redrive_all_sends_every_record_and_empties_the_store(
     keys = [r.headers["Idempotency-Key"] for r in receiver.requests[5:]]
     assert keys == [f"org-1-key-{i}" for i in range(5)]
     assert listed(config_file, capsys) == []
+
+
+def test_an_interrupted_redrive_still_deletes_what_it_delivered(
+    http_receiver: Callable[..., HttpReceiver], dead_letter: dict[str, Any]
+) -> None:
+    """A re-drive stopped after two deliveries (Ctrl-C) deletes those two records and keeps
+    the rest, so the next run sends only what was not delivered."""
+    receiver = http_receiver([503] * 4)
+    cfg = parse_notify_config(config_data(receiver.url, dead_letter))
+    fail_to_deliver(cfg, [notification("org-1", i) for i in range(4)])
+
+    class StopRequestedError(Exception):
+        """Stands for the operator's Ctrl-C."""
+
+    async def run() -> list[str]:
+        store = failed_store(cfg.dead_letter)
+        calls = 0
+        async with httpx.AsyncClient() as client:
+            own = cfg.for_tenant("org-1")
+            assert own is not None
+            real = build_sender(own.receiver("hook"), client, 2.0)
+
+            class Stopping:
+                async def send(self, n: Notification) -> None:
+                    nonlocal calls
+                    calls += 1
+                    if calls == 3:
+                        raise StopRequestedError
+                    await real.send(n)
+
+            try:
+                chosen = await store.scan(FailedFilter())
+                with pytest.raises(StopRequestedError):
+                    await redrive(store, chosen, cfg, senders=lambda t, r: Stopping())
+                left = await store.scan(FailedFilter())
+            finally:
+                await store.close()
+        return [str(f.record["idempotency_key"]) for f in left]
+
+    assert asyncio.run(run()) == ["org-1-key-2", "org-1-key-3"]
+    assert len(receiver.requests) == 4 + 2
