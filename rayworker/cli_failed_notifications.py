@@ -30,6 +30,7 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -234,20 +235,16 @@ def _list(args: argparse.Namespace) -> int:
         if not found:
             console.print(safe_text(f"{store.where}: no matching failed notifications"))
             return 0
-        table = Table()
-        for name in ("id", "failed at", "tenant", "receiver", "reason", "alerts", "error"):
-            table.add_column(name, overflow="fold", no_wrap=name in ("id", "reason"))
+        # Two lines a record (not a table): the error is long and a table folds it into a
+        # column a few characters wide on an 80-column terminal.
         for failed in found:
-            table.add_row(
-                failed.id,
-                safe_text(str(failed.record.get("failed_at", ""))),
-                safe_text(failed.tenant),
-                safe_text(failed.receiver),
-                failed.reason,
-                safe_text(_alerts(failed)),
-                safe_text(str(failed.record.get("error", ""))),
+            console.print(
+                safe_text(
+                    f"{failed.id}  {_when(failed)}  {failed.tenant} -> {failed.receiver}  "
+                    f"{failed.reason}  {_alerts(failed)}"
+                )
             )
-        console.print(table)
+            console.print(safe_text(f"    {failed.record.get('error', '')}"))
         return 0
 
     return _with_store(args, work)
@@ -255,10 +252,20 @@ def _list(args: argparse.Namespace) -> int:
 
 def _alerts(failed: FailedNotification) -> str:
     ids = failed.record.get("alert_ids")
-    if not isinstance(ids, list) or not ids:
-        return ""
-    shown = ", ".join(str(i) for i in ids[:3])
-    return shown + (f" (+{len(ids) - 3:,} more)" if len(ids) > 3 else "")
+    n = len(ids) if isinstance(ids, list) else 0
+    return f"{n:,} alert{'' if n == 1 else 's'}"
+
+
+def _when(failed: FailedNotification) -> str:
+    """``failed_at`` to the second, in UTC with a Z (the record keeps microseconds)."""
+    text = str(failed.record.get("failed_at", ""))
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if at.tzinfo is None:
+        return text
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -272,14 +279,11 @@ def _redrive(args: argparse.Namespace) -> int:
             return 0
         report = await redrive(store, chosen, config)
         if report.failed or report.skipped:
-            table = Table(title="not delivered (kept)")
-            for name in ("id", "tenant", "receiver", "why"):
-                table.add_column(name, overflow="fold", no_wrap=name == "id")
+            console.print("not delivered (kept):")
             for failed, why in [*report.failed, *report.skipped]:
-                table.add_row(
-                    failed.id, safe_text(failed.tenant), safe_text(failed.receiver), safe_text(why)
+                console.print(
+                    safe_text(f"{failed.id}  {failed.tenant} -> {failed.receiver}: {why}")
                 )
-            console.print(table)
         sent = len(report.sent)
         summary = (
             f"sent {_records(sent)} again and deleted {'it' if sent == 1 else 'them'} from "
