@@ -110,7 +110,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "(all must match), or --all."
         ),
     )
-    for parser, verb in ((again, "send"), (drop, "delete")):
+    for parser, verb, done in ((again, "send", "sent"), (drop, "delete", "deleted")):
         parser.add_argument(
             "--id",
             dest="ids",
@@ -122,7 +122,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parser.add_argument("--all", action="store_true", help="every record")
         parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
         parser.add_argument(
-            "--dry-run", action="store_true", help=f"say what would {verb}; {verb} nothing"
+            "--dry-run", action="store_true", help=f"say how many would be {done}; {verb} nothing"
         )
     again.set_defaults(handler=_redrive, check_args=_check_choice(again))
     drop.set_defaults(handler=_drop, check_args=_check_choice(drop))
