@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from rayworker.notify import load_notify_config
 from rayworker.rules import builtin_pack, load_overrides
 from rayworker.settings import Settings, load_settings
 from tests.deploy import crd_schemas
@@ -224,3 +225,14 @@ def _config_map_refs(node: Any) -> set[str]:
     if isinstance(node, list):
         return set().union(*(_config_map_refs(v) for v in node)) if node else set()
     return set()
+
+
+def test_shipped_notification_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notification config the rules ConfigMap ships is valid, and keeps undelivered
+    notifications in a Redis stream (the Secret's stream URL), not in a pod's file."""
+    monkeypatch.setenv("RAYWORKER_STREAM_URL", "redis://:pw@redis:6379/0")
+    config = load_notify_config(K8S / "rules" / "notify.yaml")
+    assert config.dead_letter.redis_url is not None
+    assert config.dead_letter.redis_url.get_secret_value() == "redis://:pw@redis:6379/0"
+    settings = _env_file_values(K8S / "rayworker.env")
+    assert settings["RAYWORKER_NOTIFY_PATH"] == "/etc/rayworker/rules/notify.yaml"
