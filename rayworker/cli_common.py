@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -86,6 +87,18 @@ def require_sqlite_file(settings: Settings) -> None:
             "--alerts-dsn (RAYWORKER_ALERTS_DSN) at an existing one"
         )
         raise InputError(msg)
+
+
+def utc_second(text: str) -> str:
+    """An ISO-8601 time to the second, in UTC with a Z (as given when it is not one with an
+    offset): records keep microseconds, which a terminal line has no room for."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if at.tzinfo is None:
+        return text
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def terminal() -> Console:

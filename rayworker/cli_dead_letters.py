@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from rich.table import Table
 
-from rayworker.cli_common import non_empty, positive_int, safe_text, terminal
+from rayworker.cli_common import non_empty, positive_int, safe_text, terminal, utc_second
 from rayworker.events import RejectReason
 from rayworker.ingest.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStream
 from rayworker.settings import load_settings
@@ -219,20 +219,16 @@ def _list(args: argparse.Namespace) -> int:
         if not found:
             console.print(safe_text(f"{stream.key}: no matching dead letters"))
             return 0
-        table = Table()
-        for name in ("id", "at", "tenant", "reason", "entry", "message", "payload"):
-            table.add_column(name, overflow="fold", no_wrap=name in ("id", "reason"))
+        # Three lines a record (not a table): the message and the payload are long, and a
+        # table folds them into columns a few characters wide on an 80-column terminal.
         for letter in found:
-            table.add_row(
-                letter.id,
-                letter.at,
-                safe_text(letter.tenant or "(unknown)"),
-                letter.reason,
-                safe_text(letter.entry),
-                safe_text(letter.message),
-                safe_text(_preview(letter)),
-            )
-        console.print(table)
+            source = f"  from entry {letter.entry}" if letter.entry else ""
+            tenant = letter.tenant or "(unknown)"
+            at = utc_second(letter.at)
+            console.print(safe_text(f"{letter.id}  {at}  {tenant}  {letter.reason}{source}"))
+            console.print(safe_text(f"    {letter.message}"))
+            if letter.payload:
+                console.print(safe_text(f"    {_preview(letter)}"))
         return 0
 
     return _with_stream(args, work)

@@ -30,13 +30,12 @@ import json
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from rayworker.cli_common import non_empty, positive_int, safe_text, terminal
+from rayworker.cli_common import non_empty, positive_int, safe_text, terminal, utc_second
 from rayworker.errors import ConfigError, SinkError
 from rayworker.notify.config import NotifyConfig, load_notify_config
 from rayworker.notify.failed import (
@@ -238,13 +237,13 @@ def _list(args: argparse.Namespace) -> int:
         # Two lines a record (not a table): the error is long and a table folds it into a
         # column a few characters wide on an 80-column terminal.
         for failed in found:
+            at = utc_second(str(failed.record.get("failed_at", "")))
             console.print(
                 safe_text(
-                    f"{failed.id}  {_when(failed)}  {failed.tenant} -> {failed.receiver}  "
-                    f"{failed.reason}  {_alerts(failed)}"
+                    f"{failed.id}  {at}  {failed.tenant} -> {failed.receiver}  {failed.reason}"
                 )
             )
-            console.print(safe_text(f"    {failed.record.get('error', '')}"))
+            console.print(safe_text(f"    {_alerts(failed)}: {failed.record.get('error', '')}"))
         return 0
 
     return _with_store(args, work)
@@ -254,18 +253,6 @@ def _alerts(failed: FailedNotification) -> str:
     ids = failed.record.get("alert_ids")
     n = len(ids) if isinstance(ids, list) else 0
     return f"{n:,} alert{'' if n == 1 else 's'}"
-
-
-def _when(failed: FailedNotification) -> str:
-    """``failed_at`` to the second, in UTC with a Z (the record keeps microseconds)."""
-    text = str(failed.record.get("failed_at", ""))
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    if at.tzinfo is None:
-        return text
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _redrive(args: argparse.Namespace) -> int:

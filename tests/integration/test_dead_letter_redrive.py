@@ -211,3 +211,17 @@ def test_a_malformed_record_id_is_a_usage_error(capsys: pytest.CaptureFixture[st
     """`--id` that is not a stream id exits 2 showing what one looks like."""
     assert main(["dead-letters", "redrive", "--id", "abc"]) == 2
     assert "a record id looks like" in capsys.readouterr().err
+
+
+def test_list_prints_each_record_on_its_own_lines(
+    streams: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --json, each record is a heading line (id, time, tenant, reason, source entry),
+    then its message and its payload, unfolded on an 80-column terminal."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["dead-letters", "list", "--tenant", "t1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert lines[0].endswith("  t1  malformed_json  from entry 1-0")
+    assert lines[1:3] == ["    t1-bad is bad", '    {"broken']
+    assert lines[3].endswith("  t1  future_timestamp  from entry 2-0")

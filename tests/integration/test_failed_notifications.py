@@ -515,3 +515,24 @@ def test_an_interrupted_redrive_still_deletes_what_it_delivered(
 
     assert asyncio.run(run()) == ["org-1-key-2", "org-1-key-3"]
     assert len(receiver.requests) == 4 + 2
+
+
+def test_list_prints_each_record_on_two_lines(
+    http_receiver: Callable[..., HttpReceiver],
+    dead_letter: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without --json, a record is a heading (id, time to the second, tenant -> receiver,
+    reason) and its alert count and error, unfolded on an 80-column terminal."""
+    receiver = http_receiver([503])
+    data = config_data(receiver.url, dead_letter)
+    fail_to_deliver(parse_notify_config(data), [notification("org-1", 1, resolved=1)])
+    config_file = write_config(tmp_path / "notify.json", data)
+    monkeypatch.setenv("COLUMNS", "80")
+    capsys.readouterr()
+    assert main(["failed-notifications", "list", "--notify", str(config_file)]) == 0
+    heading, error = capsys.readouterr().out.splitlines()
+    assert heading.endswith("Z  org-1 -> hook  retries_exhausted")
+    assert error == f"    2 alerts: webhook hook ({receiver.url}/org-1): HTTP 503"
