@@ -61,7 +61,7 @@ def notification_of(record: dict[str, Any]) -> Notification:
 
     Raises :class:`~rayworker.errors.SinkError` for a record that does not hold one whole.
     Records written before ``firing_ids`` was kept name their alerts only in ``alert_ids``;
-    they are read when that is unambiguous (every alert carried in full, or none resolved).
+    they are read when every alert is carried in full (at most 1,000), and refused otherwise.
     """
     try:
         body = record["notification"]
@@ -72,11 +72,13 @@ def notification_of(record: dict[str, Any]) -> Notification:
             resolved_ids = tuple(str(i) for i in body["resolved_ids"])
         else:
             alert_ids = [str(i) for i in record["alert_ids"]]
-            if resolved and len(alert_ids) != len(firing) + len(resolved):
+            if len(alert_ids) != len(firing) + len(resolved):
+                # The alerts named by id only could be firing or resolved (the resolved are
+                # cut first), and the message would say the wrong thing about them.
                 msg = (
-                    "it names more alerts than it carries and some are resolved, and it was "
-                    "written before records kept which were firing; drop it and check them "
-                    "with `rayworker alerts`"
+                    "it names more alerts than it carries, and it was written before records "
+                    "kept which of those were firing; drop it and check the alerts with "
+                    "`rayworker alerts`"
                 )
                 raise SinkError(msg)
             firing_ids = tuple(alert_ids[: len(alert_ids) - len(resolved)])

@@ -154,8 +154,8 @@ def test_record_holds_the_notification_whole() -> None:
 
 
 def test_older_records_are_read_when_unambiguous() -> None:
-    """A record without firing_ids is read when every alert is carried or none is resolved,
-    and refused with a fix when it cannot tell firing from resolved."""
+    """A record without firing_ids is read when every alert is carried in full, and refused
+    with a fix when some are named by id only (firing or resolved: it cannot tell)."""
     n = notification("org-1", 1, resolved=1)
     body = notification_record(n)
     del body["firing_ids"], body["resolved_ids"], body["route"], body["flush_id"]
