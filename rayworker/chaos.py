@@ -99,6 +99,10 @@ _GIVE_UP_S = 90.0
 _CHECK_TIMEOUT_S = 2.0
 """How long an acknowledgement waits to check the store's latest checkpoint."""
 _T = TypeVar("_T")
+_STALL_S = 150.0
+"""How long a drill without a finish timeout waits for its acknowledgements to move at all
+(events the router saw, entries pending, entries read) before it raises, saying where they
+stand, instead of waiting forever."""
 _WIND_DOWN_S = 120.0
 """How long each step of a drill's end (the pump draining after the stop, the router
 finishing, the last reads) may take before the drill raises with every task's stack."""
@@ -781,6 +785,59 @@ def _task_stacks() -> str:
     return out.getvalue()
 
 
+class _Progress:
+    """Whether a drill's acknowledgements still move: :meth:`stalled` is True once the
+    observed state has stayed the same for more than ``limit_s``."""
+
+    def __init__(self, now: float, limit_s: float = _STALL_S) -> None:
+        self.limit_s = limit_s
+        self._last: tuple[Any, ...] | None = None
+        self._moved_at = now
+
+    def stalled(self, state: tuple[Any, ...], now: float) -> bool:
+        """Note ``state`` at ``now``; True when it has not changed for too long."""
+        if state != self._last:
+            self._last, self._moved_at = state, now
+            return False
+        return now - self._moved_at > self.limit_s
+
+
+def _stalled(
+    report: DrillReport, source: StreamBatches, stats: dict[str, Any], pending: int | None
+) -> str:
+    """Why a drill stopped moving, as far as it can tell: what was read and seen, what is
+    pending, what the router reports, and whether the cluster has room for the sink tasks."""
+    poisoned = sum(report.delivered.get(e, 0) for e in source.poisoned_entries)
+    unread = [e for e in report.survivors() if e not in report.delivered]
+    cpu = "unknown (Ray not connected)"
+    if ray.is_initialized():
+        resources: Any = ray  # ray's resource calls are untyped
+        free = resources.available_resources().get("CPU", 0.0)
+        cpu = f"{free:g} of {resources.cluster_resources().get('CPU', 0.0):g}"
+    router = {
+        k: stats.get(k)
+        for k in (
+            "events",
+            "buffered",
+            "queued_batches",
+            "inflight_batches",
+            "persisting_batches",
+            "open_tickets",
+            "epoch",
+            "recovering",
+            "scaling",
+            "shards",
+            "errors",
+        )
+    }
+    return (
+        f"a drill stalled: nothing moved for {_STALL_S:g} s. The router saw "
+        f"{stats.get('events')} of the {report.delivered_events - poisoned:,} events read; "
+        f"{pending} entries pending; {len(unread):,} surviving entries never read; free CPU "
+        f"{cpu}; router {router}. Tasks:\n{_task_stacks()}"
+    )
+
+
 async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeeping
     settings: Settings,
     lines: list[bytes],
@@ -839,23 +896,40 @@ async def run_drill(  # noqa: PLR0915 - one drill's tasks share their bookkeepin
     async def until_all_acked() -> None:
         # Replays acknowledge the entries a checkpoint covers themselves, so ask Redis.
         await produced.wait()
+        progress = _Progress(time.monotonic())
+        stats: dict[str, Any] = {}
+        pending: int | None = None
         while finish_timeout_s is None or time.monotonic() - started < finish_timeout_s:
             # Each check is bounded: one call that never answers (a lost reply) must not keep
             # the drill past finish_timeout_s, since the stop waits for this loop.
             with contextlib.suppress(ray.exceptions.RayActorError, IngestError, TimeoutError):
                 stats = await asyncio.wait_for(_router_stats(pipeline), _CHECK_TIMEOUT_S * 5)
-                lag = await asyncio.wait_for(consumer.lag(), _CHECK_TIMEOUT_S * 5)
-                if settled(stats.get("events", 0), lag.pending):
+                pending = (await asyncio.wait_for(consumer.lag(), _CHECK_TIMEOUT_S * 5)).pending
+                if settled(stats.get("events", 0), pending):
                     finished.set()
                     return
+            state = (stats.get("events"), pending, report.delivered_events)
+            if progress.stalled(state, time.monotonic()) and finish_timeout_s is None:
+                raise TimeoutError(_stalled(report, source, stats, pending))
             await asyncio.sleep(0.1)
 
     async def strike() -> None:
+        watcher: asyncio.Future[None] = asyncio.create_task(until_all_acked())
+        faults: asyncio.Future[None] = asyncio.ensure_future(
+            plan(report)(pipeline, finished.is_set)
+        )
         try:
-            watcher = asyncio.create_task(until_all_acked())
-            await plan(report)(pipeline, finished.is_set)
+            # Both run to the end unless one raises: a stalled drill stops its plan too.
+            await asyncio.wait({watcher, faults}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in (watcher, faults):
+                failure = task.exception() if task.done() else None
+                if failure is not None:
+                    raise failure
+            await faults
             await watcher
         finally:
+            for task in (watcher, faults):
+                task.cancel()
             stop.set()
 
     checked = _CheckedAcks(source, settings, report)

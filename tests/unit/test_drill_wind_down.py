@@ -35,3 +35,15 @@ def test_a_step_that_ends_in_time_returns_its_result() -> None:
         return 42
 
     assert asyncio.run(chaos._wind_down("stats", answer(), timeout_s=5.0)) == 42
+
+
+def test_a_drill_stalls_only_when_nothing_moves_for_longer_than_the_limit() -> None:
+    """Progress is any change of (events seen, entries pending, entries read); the drill is
+    stalled once the same state has lasted longer than the limit, and not before."""
+    progress = chaos._Progress(0.0, limit_s=150.0)
+    assert not progress.stalled((10, 5, 20), 0.0)
+    assert not progress.stalled((10, 5, 20), 150.0)
+    assert not progress.stalled((11, 5, 20), 200.0)  # moved: the clock starts again
+    assert not progress.stalled((11, 5, 20), 349.0)
+    assert progress.stalled((11, 5, 20), 351.0)
+    assert not progress.stalled((11, 4, 20), 352.0)
