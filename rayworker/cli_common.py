@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -15,6 +16,7 @@ from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import sqlite_path
 
 __all__ = [
+    "add_record_choice",
     "non_empty",
     "positive_int",
     "positive_seconds",
@@ -87,6 +89,46 @@ def require_sqlite_file(settings: Settings) -> None:
             "--alerts-dsn (RAYWORKER_ALERTS_DSN) at an existing one"
         )
         raise InputError(msg)
+
+
+def add_record_choice(
+    parser: argparse.ArgumentParser,
+    *,
+    narrowing: Sequence[str],
+    record_id: Callable[[str], str],
+    verb: str,
+    done: str,
+) -> None:
+    """The options of a command that acts on chosen records (``--id``, ``--all``, ``--limit``,
+    ``--dry-run``) and its usage rule, which argparse cannot say: records are chosen with
+    ``--id`` or the ``narrowing`` options (attribute names, all given must match), or with
+    ``--all``, never both. ``verb``/``done``: what the command does to a record ("delete",
+    "deleted"), for the help."""
+    parser.add_argument(
+        "--id",
+        dest="ids",
+        action="append",
+        type=record_id,
+        metavar="ID",
+        help="a record id, as `list` shows it (repeatable)",
+    )
+    parser.add_argument("--all", action="store_true", help="every record")
+    parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
+    parser.add_argument(
+        "--dry-run", action="store_true", help=f"say how many would be {done}; {verb} nothing"
+    )
+    options = ["--id", *(f"--{name.replace('_', '-')}" for name in narrowing)]
+    named = f"{', '.join(options[:-1])} or {options[-1]}"
+
+    def check(args: argparse.Namespace) -> None:
+        narrowed = args.ids or any(getattr(args, name) for name in narrowing)
+        if not (args.all or narrowed):
+            # A bare command acting on everything would be too easy to type by accident.
+            parser.error(f"choose records with {named}, or pass --all")
+        if args.all and narrowed:
+            parser.error(f"--all means every record: give it no {named}")
+
+    parser.set_defaults(check_args=check)
 
 
 def utc_second(text: str) -> str:

@@ -38,7 +38,14 @@ from typing import TYPE_CHECKING
 import redis.asyncio as aioredis
 from rich.table import Table
 
-from rayworker.cli_common import non_empty, positive_int, safe_text, terminal, utc_second
+from rayworker.cli_common import (
+    add_record_choice,
+    non_empty,
+    positive_int,
+    safe_text,
+    terminal,
+    utc_second,
+)
 from rayworker.events import RejectReason
 from rayworker.ingest.dead_letters import DeadLetter, DeadLetterFilter, DeadLetterStream
 from rayworker.settings import load_settings
@@ -100,22 +107,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             "--id, --tenant and --reason (all must match), or --all."
         ),
     )
-    for parser, verb in ((redrive, "move"), (drop, "delete")):
-        parser.add_argument(
-            "--id",
-            dest="ids",
-            action="append",
-            type=_record_id,
-            metavar="ID",
-            help="a record id, as `list` shows it (repeatable)",
+    for parser, verb, done in ((redrive, "move", "moved"), (drop, "delete", "deleted")):
+        add_record_choice(
+            parser, narrowing=("tenant", "reason"), record_id=_record_id, verb=verb, done=done
         )
-        parser.add_argument("--all", action="store_true", help="every record")
-        parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
-        parser.add_argument(
-            "--dry-run", action="store_true", help=f"say what would {verb}; {verb} nothing"
-        )
-    redrive.set_defaults(handler=_redrive, check_args=_check_choice(redrive))
-    drop.set_defaults(handler=_drop, check_args=_check_choice(drop))
+    redrive.set_defaults(handler=_redrive)
+    drop.set_defaults(handler=_drop)
 
     trim = sub.add_parser(
         "trim",
@@ -128,19 +125,6 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
     trim.set_defaults(handler=_trim)
-
-
-def _check_choice(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
-    """Usage rules of a command that acts on chosen records (argparse cannot say them)."""
-
-    def check(args: argparse.Namespace) -> None:
-        if not (args.all or args.ids or args.tenant or args.reason):
-            # A bare command acting on everything would be too easy to type by accident.
-            parser.error("choose records with --id, --tenant or --reason, or pass --all")
-        if args.all and (args.ids or args.tenant or args.reason):
-            parser.error("--all means every record: give it no --id, --tenant or --reason")
-
-    return check
 
 
 _RECORD_ID = re.compile(r"^\d+-\d+$")

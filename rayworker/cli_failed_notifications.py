@@ -35,7 +35,14 @@ from pathlib import Path
 from redis.exceptions import RedisError
 from rich.table import Table
 
-from rayworker.cli_common import non_empty, positive_int, safe_text, terminal, utc_second
+from rayworker.cli_common import (
+    add_record_choice,
+    non_empty,
+    positive_int,
+    safe_text,
+    terminal,
+    utc_second,
+)
 from rayworker.errors import ConfigError, SinkError
 from rayworker.notify.config import NotifyConfig, load_notify_config
 from rayworker.notify.failed import (
@@ -110,37 +117,15 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ),
     )
     for parser, verb, done in ((again, "send", "sent"), (drop, "delete", "deleted")):
-        parser.add_argument(
-            "--id",
-            dest="ids",
-            action="append",
-            type=non_empty,
-            metavar="ID",
-            help="a record id, as `list` shows it (repeatable)",
+        add_record_choice(
+            parser,
+            narrowing=("tenant", "receiver", "reason"),
+            record_id=non_empty,
+            verb=verb,
+            done=done,
         )
-        parser.add_argument("--all", action="store_true", help="every record")
-        parser.add_argument("--limit", type=positive_int, help="at most this many, oldest first")
-        parser.add_argument(
-            "--dry-run", action="store_true", help=f"say how many would be {done}; {verb} nothing"
-        )
-    again.set_defaults(handler=_redrive, check_args=_check_choice(again))
-    drop.set_defaults(handler=_drop, check_args=_check_choice(drop))
-
-
-def _check_choice(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
-    """Usage rules of a command that acts on chosen records (argparse cannot say them)."""
-
-    def check(args: argparse.Namespace) -> None:
-        narrowed = args.ids or args.tenant or args.receiver or args.reason
-        if not (args.all or narrowed):
-            # A bare command acting on everything would be too easy to type by accident.
-            parser.error("choose records with --id, --tenant, --receiver or --reason, or --all")
-        if args.all and narrowed:
-            parser.error(
-                "--all means every record: give it no --id, --tenant, --receiver or --reason"
-            )
-
-    return check
+    again.set_defaults(handler=_redrive)
+    drop.set_defaults(handler=_drop)
 
 
 def _notify_config(args: argparse.Namespace) -> NotifyConfig:

@@ -85,40 +85,50 @@ class _PipelineCollector(Collector):
             yield from self._failed_notifications(failed.detail)
 
     def _failed_notifications(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
-        labels, values = ["store"], [str(detail.get("store", ""))]
-        held = GaugeMetricFamily(
-            f"{self.prefix}_failed_notifications",
-            "Notifications held in the notifier's dead-letter store (not delivered).",
-            labels=labels,
+        return self._held_records(
+            detail,
+            "store",
+            (
+                "failed_notifications",
+                "Notifications held in the notifier's dead-letter store (not delivered).",
+            ),
+            (
+                "failed_notification_newest_age_seconds",
+                "Seconds since the newest notification was dead-lettered.",
+            ),
         )
+
+    def _dead_letters(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
+        return self._held_records(
+            detail,
+            "stream",
+            (
+                "dead_letter_entries",
+                "Records in the dead-letter stream (rejected, late and poison events).",
+            ),
+            (
+                "dead_letter_newest_age_seconds",
+                "Seconds since the newest record reached the dead-letter stream.",
+            ),
+        )
+
+    def _held_records(
+        self,
+        detail: Mapping[str, Any],
+        label: str,
+        count: tuple[str, str],
+        age: tuple[str, str],
+    ) -> Iterator[Metric]:
+        """A dead-letter store's record count and its newest record's age (when it has
+        one), labelled by the store; ``count``/``age``: each family's name and help."""
+        values = [str(detail.get(label, ""))]
+        held = GaugeMetricFamily(f"{self.prefix}_{count[0]}", count[1], labels=[label])
         held.add_metric(values, int(detail["length"]))
         yield held
         if detail.get("newest_age_s") is not None:
-            age = GaugeMetricFamily(
-                f"{self.prefix}_failed_notification_newest_age_seconds",
-                "Seconds since the newest notification was dead-lettered.",
-                labels=labels,
-            )
-            age.add_metric(values, float(detail["newest_age_s"]))
-            yield age
-
-    def _dead_letters(self, detail: Mapping[str, Any]) -> Iterator[Metric]:
-        labels, values = ["stream"], [str(detail.get("stream", ""))]
-        entries = GaugeMetricFamily(
-            f"{self.prefix}_dead_letter_entries",
-            "Records in the dead-letter stream (rejected, late and poison events).",
-            labels=labels,
-        )
-        entries.add_metric(values, int(detail["length"]))
-        yield entries
-        if detail.get("newest_age_s") is not None:
-            age = GaugeMetricFamily(
-                f"{self.prefix}_dead_letter_newest_age_seconds",
-                "Seconds since the newest record reached the dead-letter stream.",
-                labels=labels,
-            )
-            age.add_metric(values, float(detail["newest_age_s"]))
-            yield age
+            newest = GaugeMetricFamily(f"{self.prefix}_{age[0]}", age[1], labels=[label])
+            newest.add_metric(values, float(detail["newest_age_s"]))
+            yield newest
 
     def _router(self, stats: Mapping[str, Any]) -> Iterator[Metric]:
         p = self.prefix
