@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from rayworker.sinks.factory import sqlite_path
 
 __all__ = [
     "add_record_choice",
+    "age",
     "non_empty",
     "positive_int",
     "positive_seconds",
@@ -60,6 +62,19 @@ def seconds(text: str) -> float:
         msg = f'Got "{text}"; give a finite number of seconds, 0 or more'
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+_AGE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def age(text: str) -> float:
+    """An argparse type: an age such as 30d, 12h, 90m or 3600s, in seconds (above 0)."""
+    found = _AGE.match(text.strip())
+    if found is None or float(found.group(1)) <= 0:
+        msg = f'Got "{text}"; give an age such as 30d, 12h, 90m or 3600s'
+        raise argparse.ArgumentTypeError(msg)
+    return float(found.group(1)) * _UNIT_S[found.group(2)]
 
 
 def positive_seconds(text: str) -> float:

@@ -40,6 +40,7 @@ from rich.table import Table
 
 from rayworker.cli_common import (
     add_record_choice,
+    age,
     non_empty,
     positive_int,
     safe_text,
@@ -121,7 +122,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description="Delete every record added to the dead-letter stream before AGE ago.",
     )
     trim.add_argument(
-        "--older-than", type=_age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
+        "--older-than", type=age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
     )
     trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
     trim.set_defaults(handler=_trim)
@@ -135,18 +136,6 @@ def _record_id(text: str) -> str:
         msg = f'Got "{text}"; a record id looks like 1796154995735-0 (see `list`)'
         raise argparse.ArgumentTypeError(msg)
     return text
-
-
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-def _age(text: str) -> float:
-    found = _AGE.match(text.strip())
-    if found is None or float(found.group(1)) <= 0:
-        msg = f'Got "{text}"; give an age such as 30d, 12h, 90m or 3600s'
-        raise argparse.ArgumentTypeError(msg)
-    return float(found.group(1)) * _UNIT_S[found.group(2)]
 
 
 def _with_stream(

@@ -9,6 +9,7 @@
                                            --receiver R | --reason R | --all) [--limit N]
                                            [--dry-run]
     rayworker failed-notifications drop [--notify FILE] (the same choices) [--dry-run]
+    rayworker failed-notifications trim [--notify FILE] --older-than AGE [--dry-run]
 
 The store is the one the notification config names (``dead_letter.redis_url`` and
 ``dead_letter.stream``, else the file ``dead_letter.path``; a relative path is taken from the
@@ -17,6 +18,9 @@ directory rayworker runs in). The config is ``--notify FILE``, else the settings
 notification once more to its own tenant's receiver, with its original idempotency key, and
 deletes the record once the receiver took it; one that fails again stays, and the command
 says why (:mod:`rayworker.notify.failed`). ``drop`` deletes chosen records without sending.
+``--older-than AGE`` chooses records that failed more than AGE ago (``30d``, ``12h``, ``90m``);
+``trim --older-than AGE`` is retention: it drops every such record. A Redis stream is also
+trimmed to about ``dead_letter.maxlen`` records on each write; a file only by ``trim``.
 
 Exit codes: 0 on success; 1 on an error, or when a re-drive left records that failed again
 (printed as ``error: ...`` or in the table); 2 on a usage error.
@@ -28,8 +32,10 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from redis.exceptions import RedisError
@@ -37,6 +43,7 @@ from rich.table import Table
 
 from rayworker.cli_common import (
     add_record_choice,
+    age,
     non_empty,
     positive_int,
     safe_text,
@@ -70,6 +77,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     chosen.add_argument("--tenant", type=non_empty, help="only this tenant's records")
     chosen.add_argument("--receiver", type=non_empty, help="only records for this receiver")
     chosen.add_argument("--reason", choices=_REASONS, help="only records with this reason")
+    chosen.add_argument(
+        "--older-than",
+        type=age,
+        metavar="AGE",
+        help="only records that failed more than AGE ago (e.g. 30d, 12h, 90m)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON lines, not a table")
 
@@ -103,8 +116,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         description=(
             "Send each chosen notification once more to its tenant's receiver (as configured "
             "now), with its original idempotency key, and delete each record the receiver "
-            "took. Choose with --id, --tenant, --receiver and --reason (all must match), or "
-            "--all."
+            "took. Choose with --id, --tenant, --receiver, --reason and --older-than (all "
+            "must match), or --all."
         ),
     )
     drop = sub.add_parser(
@@ -112,20 +125,35 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         parents=[source, chosen],
         help="delete records without sending them",
         description=(
-            "Delete the chosen records. Choose with --id, --tenant, --receiver and --reason "
-            "(all must match), or --all."
+            "Delete the chosen records. Choose with --id, --tenant, --receiver, --reason and "
+            "--older-than (all must match), or --all."
         ),
     )
     for parser, verb, done in ((again, "send", "sent"), (drop, "delete", "deleted")):
         add_record_choice(
             parser,
-            narrowing=("tenant", "receiver", "reason"),
+            narrowing=("tenant", "receiver", "reason", "older_than"),
             record_id=non_empty,
             verb=verb,
             done=done,
         )
     again.set_defaults(handler=_redrive)
     drop.set_defaults(handler=_drop)
+
+    trim = sub.add_parser(
+        "trim",
+        parents=[source],
+        help="delete records older than an age (retention)",
+        description=(
+            "Delete every record that failed more than AGE ago, whatever its tenant or "
+            "receiver (the same as `drop --older-than AGE`)."
+        ),
+    )
+    trim.add_argument(
+        "--older-than", type=age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
+    )
+    trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
+    trim.set_defaults(handler=_drop, tenant=None, receiver=None, reason=None, ids=None, limit=None)
 
 
 def _notify_config(args: argparse.Namespace) -> NotifyConfig:
@@ -169,6 +197,7 @@ def _chosen(args: argparse.Namespace) -> FailedFilter:
         receiver=args.receiver,
         reason=args.reason,
         ids=frozenset(args.ids) if getattr(args, "ids", None) else None,
+        before=None if args.older_than is None else time.time() - args.older_than,
     )
 
 
@@ -234,6 +263,10 @@ def _list(args: argparse.Namespace) -> int:
     return _with_store(args, work)
 
 
+def _utc(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _alerts(failed: FailedNotification) -> str:
     ids = failed.record.get("alert_ids")
     n = len(ids) if isinstance(ids, list) else 0
@@ -287,7 +320,8 @@ def _drop(args: argparse.Namespace) -> int:
             console.print(safe_text(f"would delete {_records(len(chosen))} (dry run)"))
             return 0
         deleted = await store.remove(chosen)
-        console.print(safe_text(f"deleted {_records(deleted)} from {store.where}"))
+        since = "" if matches.before is None else f" that failed before {_utc(matches.before)}"
+        console.print(safe_text(f"deleted {_records(deleted)}{since} from {store.where}"))
         return 0
 
     return _with_store(args, work)

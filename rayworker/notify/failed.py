@@ -77,6 +77,17 @@ class FailedNotification:
 
     id: str
     record: dict[str, Any]
+    added_at: float | None = None
+    """When the store took it (epoch seconds), where the store knows (a stream's entry id)."""
+
+    @property
+    def failed_at(self) -> float | None:
+        """When delivery gave up (epoch seconds): the record's ``failed_at``, else when the store
+        took it, else None."""
+        try:
+            return epoch_s(datetime.fromisoformat(str(self.record["failed_at"])))
+        except (KeyError, ValueError):
+            return self.added_at
 
     @property
     def tenant(self) -> str:
@@ -106,6 +117,9 @@ class FailedFilter:
     receiver: str | None = None
     reason: str | None = None
     ids: frozenset[str] | None = None
+    before: float | None = None
+    """Only records that failed before this time (epoch seconds); a record without a time
+    never matches, so retention cannot delete what it cannot date."""
 
     def __call__(self, failed: FailedNotification) -> bool:
         """True when the record matches."""
@@ -114,7 +128,13 @@ class FailedFilter:
             and (self.receiver is None or failed.receiver == self.receiver)
             and (self.reason is None or failed.reason == self.reason)
             and (self.ids is None or failed.id in self.ids)
+            and (self.before is None or _failed_before(failed, self.before))
         )
+
+
+def _failed_before(failed: FailedNotification, cutoff: float) -> bool:
+    at = failed.failed_at
+    return at is not None and at < cutoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +265,7 @@ class FailedStream:
             except ValueError:
                 record = None
             if isinstance(record, dict):
-                records.append(FailedNotification(last, record))
+                records.append(FailedNotification(last, record, _position(last)[0] / 1000.0))
             else:
                 self._bad += 1
         return records, len(page), last
@@ -359,11 +379,8 @@ class FailedFile:
         if not records:
             return FailedSummary(0)
         newest = records[-1]
-        try:
-            at = epoch_s(datetime.fromisoformat(str(newest.record["failed_at"])))
-        except (KeyError, ValueError):
-            at = self.path.stat().st_mtime
-        return FailedSummary(len(records), at, newest)
+        at = newest.failed_at
+        return FailedSummary(len(records), self.path.stat().st_mtime if at is None else at, newest)
 
     async def claim(self, failed_id: str, ttl_s: float) -> bool:
         """Hold ``<file>.redrive.lock`` for the rest of this re-drive (taken once)."""

@@ -9,7 +9,7 @@ import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from rayworker.cli import main
-from rayworker.clock import SystemClock
+from rayworker.clock import Clock, FixedClock, SystemClock
 from rayworker.errors import SinkError
 from rayworker.health import Status
 from rayworker.notify import NotifyConfig, parse_notify_config
@@ -104,8 +104,11 @@ def dead_letter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     asyncio.run(clean())
 
 
-def fail_to_deliver(cfg: NotifyConfig, notifications: list[Notification]) -> None:
-    """Deliver through the real delivery path; the receiver refuses, so each is dead-lettered."""
+def fail_to_deliver(
+    cfg: NotifyConfig, notifications: list[Notification], clock: Clock | None = None
+) -> None:
+    """Deliver through the real delivery path; the receiver refuses, so each is dead-lettered
+    (at ``clock``'s time, else now)."""
 
     async def run() -> None:
         sink = dead_letter_sink(cfg.dead_letter)
@@ -116,7 +119,7 @@ def fail_to_deliver(cfg: NotifyConfig, notifications: list[Notification]) -> Non
                 assert own is not None
                 return build_sender(own.receiver(receiver), client, 2.0)
 
-            deliverer = Deliverer(cfg, sender, sink, SystemClock())
+            deliverer = Deliverer(cfg, sender, sink, clock or SystemClock())
             for n in notifications:
                 assert not await deliverer.deliver(n)
         await sink.close()
@@ -275,6 +278,47 @@ def test_drop_deletes_only_the_chosen_records(
     counts = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sorted((c["tenant"], c["count"]) for c in counts) == [("org-1", 1), ("org-2", 1)]
     assert len(receiver.requests) == 3
+
+
+def test_older_than_chooses_records_by_when_they_failed(
+    http_receiver: Callable[..., HttpReceiver],
+    dead_letter: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`list --older-than` shows only records that failed before then, `trim --older-than`
+    deletes exactly those, and `redrive --older-than` sends only the old ones left."""
+    receiver = http_receiver([503] * 4 + [200])
+    data = config_data(receiver.url, dead_letter)
+    cfg = parse_notify_config(data)
+    now = datetime.now(UTC)
+    fail_to_deliver(cfg, [notification("org-1", 1)], FixedClock(now - timedelta(days=10)))
+    fail_to_deliver(cfg, [notification("org-2", 2)], FixedClock(now - timedelta(days=3)))
+    fail_to_deliver(cfg, [notification("org-1", 3), notification("org-2", 4)])
+    config_file = write_config(tmp_path / "notify.json", data)
+
+    old = listed(config_file, capsys, "--older-than", "2d")
+    assert [r["idempotency_key"] for r in old] == ["org-1-key-1", "org-2-key-2"]
+    trim = ["failed-notifications", "trim", "--notify", str(config_file), "--older-than"]
+    assert main([*trim, "7d", "--dry-run"]) == 0
+    assert "would delete 1 failed notification (dry run)" in capsys.readouterr().out
+    assert main([*trim, "7d"]) == 0
+    assert "deleted 1 failed notification that failed before" in capsys.readouterr().out
+    assert [r["idempotency_key"] for r in listed(config_file, capsys)] == [
+        "org-2-key-2",
+        "org-1-key-3",
+        "org-2-key-4",
+    ]
+
+    redrive_old = ["failed-notifications", "redrive", "--notify", str(config_file)]
+    assert main([*redrive_old, "--older-than", "1d"]) == 0
+    assert json.loads(receiver.requests[-1].body)["idempotency_key"] == "org-2-key-2"
+    assert [r["idempotency_key"] for r in listed(config_file, capsys)] == [
+        "org-1-key-3",
+        "org-2-key-4",
+    ]
+    assert main([*trim, "soon"]) == 2
+    assert "give an age such as 30d" in capsys.readouterr().err
 
 
 def test_two_redrives_at_once_send_each_record_once(
