@@ -16,9 +16,10 @@ The store is the one the notification config names (``dead_letter.redis_url`` an
 directory rayworker runs in). The config is ``--notify FILE``, else the settings'
 ``notify_path`` (``RAYWORKER_NOTIFY_PATH`` or ``--config``). ``redrive`` sends each chosen
 notification once more to its own tenant's receiver, with its original idempotency key, and
-deletes the record once the receiver took it; one that fails again stays, and the command
-says why (:mod:`rayworker.notify.failed`). ``drop`` deletes chosen records without sending.
-``--older-than AGE`` chooses records that failed more than AGE ago (``30d``, ``12h``, ``90m``);
+deletes the record once the receiver took it; one that fails again stays (as the newest
+record, counting its failed re-drives, with the last error), and the command says why
+(:mod:`rayworker.notify.failed`). ``drop`` deletes chosen records without sending.
+``--older-than AGE`` chooses records that first failed more than AGE ago (``30d``, ``12h``);
 ``trim --older-than AGE`` is retention: it drops every such record. A Redis stream is also
 trimmed to about ``dead_letter.maxlen`` records on each write; a file only by ``trim``.
 
@@ -258,9 +259,18 @@ def _list(args: argparse.Namespace) -> int:
                 )
             )
             console.print(safe_text(f"    {_alerts(failed)}: {failed.record.get('error', '')}"))
+            if failed.redrive_failures:
+                console.print(safe_text(f"    {_failed_again(failed)}"))
         return 0
 
     return _with_store(args, work)
+
+
+def _failed_again(failed: FailedNotification) -> str:
+    n = failed.redrive_failures
+    last = utc_second(str(failed.record.get("last_failed_at", "")))
+    error = failed.record.get("last_error", "")
+    return f"{n:,} re-drive{'' if n == 1 else 's'} failed, the last at {last}: {error}"
 
 
 def _utc(epoch: float) -> str:

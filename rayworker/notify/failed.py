@@ -4,7 +4,9 @@ The notifier writes a notification it could not deliver (retries exhausted, circ
 rejected, or still in flight at shutdown) to its dead-letter store, with the notification as it
 was to be sent (:mod:`rayworker.notify.dead_letters`). Once the receiver is back or its
 configuration is fixed, :func:`redrive` sends chosen records once more and deletes each one
-that is delivered; one that fails again stays, with the new error reported.
+that is delivered; one that fails again stays, with the new error reported, and becomes the
+newest record with its count of failed re-drives, the last error and when it failed
+(``redrive_failures``, ``last_error``, ``last_failed_at``).
 
 * **At least once, never twice at once.** A record is deleted only after its receiver took
   it (from a stream at once; from a file 100 at a time, and at the end of the run even when it
@@ -32,13 +34,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import httpx
 import redis.asyncio as aioredis
 from filelock import FileLock, Timeout
 from xxhash import xxh3_64_hexdigest
 
+from rayworker.clock import Clock, SystemClock
 from rayworker.errors import SinkError
 from rayworker.notify.config import (
     DeadLetterConfig,
@@ -69,6 +72,14 @@ _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: the stream, the record's claim. ARGV: the claim's token, the record's id, then the new
+# entry's fields. Only the claim's owner replaces it, and only while the record is there.
+_REPLACE: Final = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+redis.call('DEL', KEYS[2])
+if redis.call('XDEL', KEYS[1], ARGV[2]) == 0 then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +99,33 @@ class FailedNotification:
             return epoch_s(datetime.fromisoformat(str(self.record["failed_at"])))
         except (KeyError, ValueError):
             return self.added_at
+
+    @property
+    def last_failed_at(self) -> float | None:
+        """When it last failed (epoch seconds): its last failed re-drive, else :attr:`failed_at`."""
+        try:
+            return epoch_s(datetime.fromisoformat(str(self.record["last_failed_at"])))
+        except (KeyError, ValueError):
+            return self.failed_at
+
+    @property
+    def redrive_failures(self) -> int:
+        """How many re-drives tried it and failed."""
+        try:
+            return max(0, int(self.record.get("redrive_failures", 0)))
+        except (TypeError, ValueError):
+            return 0
+
+    def failed_again(self, error: str, at: datetime) -> FailedNotification:
+        """This record after one more failed re-drive: the count, the error and the time (its
+        ``error`` and ``failed_at`` stay those of the notifier's own failure)."""
+        record = {
+            **self.record,
+            "redrive_failures": self.redrive_failures + 1,
+            "last_error": error,
+            "last_failed_at": at.isoformat(),
+        }
+        return FailedNotification(self.id, record, self.added_at)
 
     @property
     def tenant(self) -> str:
@@ -170,16 +208,22 @@ class FailedStore(Protocol):
         ...
 
     async def claim(self, failed_id: str, ttl_s: float) -> bool:
-        """Take the record for one re-drive attempt; False when another re-drive has it or
-        it is gone."""
-        ...
-
-    async def release(self, failed_id: str) -> None:
-        """Give the record back after a failed attempt, for a later re-drive."""
+        """Take the record for one re-drive attempt, until :meth:`settle` or :meth:`remove`
+        (or the claim expires); False when another re-drive has it or it is gone."""
         ...
 
     async def remove(self, ids: Sequence[str]) -> int:
         """Delete the records; how many were still there."""
+        ...
+
+    async def settle(
+        self, delivered: Sequence[str], failed_again: Sequence[FailedNotification]
+    ) -> tuple[int, dict[str, FailedNotification]]:
+        """After attempts: delete the ``delivered`` records, and put each record of
+        ``failed_again`` (by its id, as :meth:`FailedNotification.failed_again` made it) in
+        place of the stored one, as the newest record, giving back this re-drive's claims.
+        Returns how many delivered records were still there, and the stored records by the
+        ids they had (their ids change)."""
         ...
 
     async def close(self) -> None:
@@ -303,6 +347,37 @@ class FailedStream:
             await self.release(failed_id)
         return deleted
 
+    async def settle(
+        self, delivered: Sequence[str], failed_again: Sequence[FailedNotification]
+    ) -> tuple[int, dict[str, FailedNotification]]:
+        """XDEL the delivered; replace each failed-again record by a new entry (one script:
+        only while this re-drive's claim holds and the record is there)."""
+        removed = await self.remove(delivered)
+        stored: dict[str, FailedNotification] = {}
+        for failed in failed_again:
+            if failed.id not in self._claimed:
+                continue
+            self._claimed.discard(failed.id)
+            fields = [
+                "tenant",
+                failed.tenant,
+                "receiver",
+                failed.receiver,
+                "reason",
+                failed.reason,
+                "record",
+                json.dumps(failed.record, separators=(",", ":"), default=str),
+            ]
+            new_id = await self.client.eval(
+                _REPLACE, 2, self.key, self._claim_key(failed.id), self._token, failed.id, *fields
+            )
+            if new_id is not None:
+                entry_id = _text(new_id)
+                stored[failed.id] = FailedNotification(
+                    entry_id, failed.record, _position(entry_id)[0] / 1000.0
+                )
+        return removed, stored
+
     async def close(self) -> None:
         """Close the connection pool."""
         await self.client.aclose()
@@ -372,14 +447,14 @@ class FailedFile:
         return self._bad
 
     async def summary(self) -> FailedSummary:
-        """The records in the file; the newest is the last, written at its ``failed_at``
-        (else when the file last changed)."""
+        """The records in the file; the newest is the last, written at its ``last_failed_at``
+        or ``failed_at`` (else when the file last changed)."""
         rows = await asyncio.to_thread(self._locked_read)
         records = [FailedNotification(i, r) for i, _, r in rows if r is not None]
         if not records:
             return FailedSummary(0)
         newest = records[-1]
-        at = newest.failed_at
+        at = newest.last_failed_at
         return FailedSummary(len(records), self.path.stat().st_mtime if at is None else at, newest)
 
     async def claim(self, failed_id: str, ttl_s: float) -> bool:
@@ -392,9 +467,6 @@ class FailedFile:
                 raise SinkError(msg) from None
         return True
 
-    async def release(self, failed_id: str) -> None:
-        """Nothing to give back: the run lock is held until :meth:`close`."""
-
     async def remove(self, ids: Sequence[str]) -> int:
         """Rewrite the file without those records (atomically, under the writers' lock)."""
         if not ids:
@@ -402,20 +474,49 @@ class FailedFile:
         return await asyncio.to_thread(self._remove, frozenset(ids))
 
     def _remove(self, ids: frozenset[str]) -> int:
+        return self._rewrite(ids, [])[0]
+
+    async def settle(
+        self, delivered: Sequence[str], failed_again: Sequence[FailedNotification]
+    ) -> tuple[int, dict[str, FailedNotification]]:
+        """One rewrite: without the delivered, the failed-again records moved to the end."""
+        if not delivered and not failed_again:
+            return 0, {}
+        return await asyncio.to_thread(self._rewrite, frozenset(delivered), failed_again)
+
+    def _rewrite(
+        self, removed_ids: frozenset[str], failed_again: Sequence[FailedNotification]
+    ) -> tuple[int, dict[str, FailedNotification]]:
+        """Drop ``removed_ids`` and move each of ``failed_again`` that is still there to the
+        end with its new record; atomically, under the writers' lock."""
+        again = {failed.id: failed for failed in failed_again}
         with self._lock:
             rows = self._read()
-            kept = [line for record_id, line, _ in rows if record_id not in ids]
-            removed = len(rows) - len(kept)
-            if removed:
+            kept: list[str] = []
+            moved: list[str] = []
+            stored: dict[str, FailedNotification] = {}
+            removed = 0
+            for record_id, line, _ in rows:
+                if record_id in removed_ids:
+                    removed += 1
+                elif record_id in again and record_id not in stored:
+                    record = again[record_id].record
+                    new_line = json.dumps(record, separators=(",", ":"), default=str)
+                    new_id = xxh3_64_hexdigest(new_line.encode("utf-8", "surrogateescape"))
+                    stored[record_id] = FailedNotification(new_id, record)
+                    moved.append(new_line)
+                else:
+                    kept.append(line)
+            if removed or moved:
                 temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-                data = "".join(f"{line}\n" for line in kept)
+                data = "".join(f"{line}\n" for line in [*kept, *moved])
                 with temp.open("w", encoding="utf-8", errors="surrogateescape") as out:
                     out.write(data)
                     out.flush()
                     os.fsync(out.fileno())
                 # A crash before this leaves the old file whole; after, the new one.
                 temp.replace(self.path)
-            return removed
+            return removed, stored
 
     async def close(self) -> None:
         """Release the re-drive lock if this store took it."""
@@ -459,28 +560,40 @@ async def redrive(
     config: NotifyConfig,
     *,
     senders: SenderFor | None = None,
+    clock: Clock | None = None,
 ) -> RedriveReport:
-    """Send each chosen record once to its tenant's receiver; delete the delivered ones."""
+    """Send each chosen record once to its tenant's receiver; delete the delivered ones, and
+    note on each record that fails again its count of failed re-drives, the error and when."""
     report = RedriveReport()
+    now = (clock or SystemClock()).now
     down: dict[tuple[str, str], str] = {}
     delivered: list[str] = []
+    failed_again: list[FailedNotification] = []
 
-    async def forget_delivered() -> None:
-        if delivered:
-            report.gone += len(delivered) - await store.remove(delivered)
-            delivered.clear()
+    async def settle() -> None:
+        if not delivered and not failed_again:
+            return
+        present, stored = await store.settle(delivered, failed_again)
+        report.gone += len(delivered) - present
+        delivered.clear()
+        failed_again.clear()
+        if stored:
+            report.failed = [(stored.get(f.id, f), why) for f, why in report.failed]
 
     async with httpx.AsyncClient(follow_redirects=False) as client:
         sender_for = senders or _senders(config, client)
         try:
             for failed in chosen:
-                if await _redrive_one(store, failed, config, sender_for, down, report):
+                outcome = await _redrive_one(store, failed, config, sender_for, down, report)
+                if outcome is True:
                     delivered.append(failed.id)
-                    if len(delivered) >= store.removal_batch:
-                        await forget_delivered()
+                elif outcome is not None:
+                    failed_again.append(failed.failed_again(outcome, now()))
+                if len(delivered) + len(failed_again) >= store.removal_batch:
+                    await settle()
         finally:
             # Even when interrupted: what was delivered is not sent again by the next run.
-            await forget_delivered()
+            await settle()
     return report
 
 
@@ -491,12 +604,14 @@ async def _redrive_one(
     sender_for: SenderFor,
     down: dict[tuple[str, str], str],
     report: RedriveReport,
-) -> bool:
-    """Send one record once; True when its receiver took it (noted in ``report``)."""
+) -> Literal[True] | str | None:
+    """Send one record once (noted in ``report``): True when its receiver took it, the error
+    when it was sent and failed (the record stays claimed until it is settled), None when it
+    was not sent."""
     key = (failed.tenant, failed.receiver)
     if key in down:
         report.skipped.append((failed, f"receiver {failed.receiver} failed earlier"))
-        return False
+        return None
     try:
         n = notification_of(failed.record)
         receiver = _receiver(config, n.tenant, n.receiver)
@@ -504,10 +619,10 @@ async def _redrive_one(
         sender = sender_for(n.tenant, n.receiver)
     except SinkError as exc:
         report.failed.append((failed, str(exc)))
-        return False
+        return None
     if not await store.claim(failed.id, timeout + _CLAIM_MARGIN_S):
         report.busy.append(failed)
-        return False
+        return None
     try:
         async with asyncio.timeout(timeout):
             await sender.send(n)
@@ -517,15 +632,13 @@ async def _redrive_one(
         error = str(exc)
         if not exc.transient:
             report.failed.append((failed, error))
-            await store.release(failed.id)
-            return False
+            return error
     else:
         report.sent.append(failed)
         return True
     down[key] = error
     report.failed.append((failed, error))
-    await store.release(failed.id)
-    return False
+    return error
 
 
 def _receiver(

@@ -234,6 +234,54 @@ def test_a_receiver_still_down_keeps_every_record_and_is_tried_once(
     assert len(listed(config_file, capsys)) == 3
 
 
+def test_a_record_that_fails_again_counts_its_failed_redrives_and_becomes_the_newest(
+    http_receiver: Callable[..., HttpReceiver],
+    dead_letter: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each failed re-drive adds one to the record's redrive_failures with its error and time,
+    keeps the notifier's own error and failed_at, and moves it after the other records (under
+    the id the command printed), so health sees a fresh failure."""
+    receiver = http_receiver([503, 503, 500, 502])
+    data = config_data(receiver.url, dead_letter)
+    fail_to_deliver(parse_notify_config(data), [notification("org-1", 1), notification("org-2", 2)])
+    config_file = write_config(tmp_path / "notify.json", data)
+    first, second = listed(config_file, capsys)
+    redrive_first = ["failed-notifications", "redrive", "--notify", str(config_file), "--tenant"]
+
+    assert main([*redrive_first, "org-1"]) == 1
+    printed = capsys.readouterr().out
+    after = listed(config_file, capsys)
+    assert [r["idempotency_key"] for r in after] == ["org-2-key-2", "org-1-key-1"]
+    again = after[1]
+    assert again["id"] != first["id"]
+    assert again["id"] in printed
+    assert again["redrive_failures"] == 1
+    assert "500" in again["last_error"]
+    assert (again["error"], again["failed_at"]) == (first["error"], first["failed_at"])
+    assert again["last_failed_at"] >= first["failed_at"]
+    assert after[0] == second
+
+    assert main([*redrive_first, "org-1"]) == 1
+    capsys.readouterr()
+    twice = listed(config_file, capsys)[1]
+    assert twice["redrive_failures"] == 2
+    assert "502" in twice["last_error"]
+    assert main(["failed-notifications", "list", "--notify", str(config_file)]) == 0
+    assert "2 re-drives failed, the last at" in capsys.readouterr().out
+
+    async def newest() -> str | None:
+        store = failed_store(parse_notify_config(data).dead_letter)
+        try:
+            found = (await store.summary()).newest
+            return None if found is None else found.id
+        finally:
+            await store.close()
+
+    assert asyncio.run(newest()) == twice["id"]
+
+
 def test_a_receiver_gone_from_the_config_keeps_the_record(
     http_receiver: Callable[..., HttpReceiver],
     dead_letter: dict[str, Any],
