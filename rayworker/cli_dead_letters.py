@@ -3,11 +3,11 @@
 ::
 
     rayworker dead-letters stats [--config FILE] [--json]
-    rayworker dead-letters list [--config FILE] [--tenant T] [--reason R] [--limit N] [--json]
+    rayworker dead-letters list [--config FILE] [--tenant T] [--reason R] [--older-than AGE]
+                                [--limit N] [--json]
     rayworker dead-letters redrive [--config FILE] (--id ID ... | --tenant T | --reason R |
-                                   --all) [--limit N] [--dry-run]
-    rayworker dead-letters drop [--config FILE] (--id ID ... | --tenant T | --reason R | --all)
-                                [--limit N] [--dry-run]
+                                   --older-than AGE | --all) [--limit N] [--dry-run]
+    rayworker dead-letters drop [--config FILE] (the same choices) [--limit N] [--dry-run]
     rayworker dead-letters trim --older-than AGE [--config FILE] [--dry-run]
 
 The streams are the pipeline's own settings (``stream_url``, ``dead_letter_stream``,
@@ -18,6 +18,7 @@ clock, a rule, the allowed lateness), or the events come straight back; an event
 than the allowed lateness behind its tenant comes back as ``late``. ``drop`` deletes chosen
 records instead (events that should never count), and ``trim`` deletes every record older
 than an age (retention; the stream is also capped at ``dead_letter_maxlen`` records).
+``--older-than AGE`` chooses the records added more than AGE ago (``30d``, ``12h``, ``90m``).
 
 Exit codes: 0 on success; 1 on an error (printed as ``error: ...``); 2 on a usage error.
 """
@@ -68,6 +69,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     chosen = argparse.ArgumentParser(add_help=False)
     chosen.add_argument("--tenant", type=non_empty, help="only this tenant's records")
     chosen.add_argument("--reason", choices=_REASONS, help="only records with this reason")
+    chosen.add_argument(
+        "--older-than",
+        type=age,
+        metavar="AGE",
+        help="only records added more than AGE ago (e.g. 30d, 12h, 90m)",
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON lines, not a table")
 
@@ -95,8 +102,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="send records' events back to the input stream and delete the records",
         description=(
             "Append the chosen records' original events to the input stream (stream_key) and "
-            "delete the records, each atomically. Choose with --id, --tenant and --reason "
-            "(all must match), or --all."
+            "delete the records, each atomically. Choose with --id, --tenant, --reason and "
+            "--older-than (all must match), or --all."
         ),
     )
     drop = sub.add_parser(
@@ -105,12 +112,16 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="delete records without re-driving them",
         description=(
             "Delete the chosen records (events that should never be processed). Choose with "
-            "--id, --tenant and --reason (all must match), or --all."
+            "--id, --tenant, --reason and --older-than (all must match), or --all."
         ),
     )
     for parser, verb, done in ((redrive, "move", "moved"), (drop, "delete", "deleted")):
         add_record_choice(
-            parser, narrowing=("tenant", "reason"), record_id=_record_id, verb=verb, done=done
+            parser,
+            narrowing=("tenant", "reason", "older_than"),
+            record_id=_record_id,
+            verb=verb,
+            done=done,
         )
     redrive.set_defaults(handler=_redrive)
     drop.set_defaults(handler=_drop)
@@ -180,7 +191,7 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    matches = DeadLetterFilter(tenant=args.tenant, reason=args.reason)
+    matches = _chosen(args)
 
     async def work(stream: DeadLetterStream, _settings: Settings) -> int:
         found = [letter async for letter in stream.scan(matches, limit=args.limit)]
@@ -208,12 +219,18 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _chosen(args: argparse.Namespace) -> DeadLetterFilter:
-    """The records ``--id``, ``--tenant`` and ``--reason`` choose (all of them: ``--all``)."""
+    """The records ``--id``, ``--tenant``, ``--reason`` and ``--older-than`` choose (all of
+    them: ``--all``)."""
     return DeadLetterFilter(
         tenant=args.tenant,
         reason=args.reason,
-        ids=frozenset(args.ids) if args.ids else None,
+        ids=frozenset(args.ids) if getattr(args, "ids", None) else None,
+        before_ms=None if args.older_than is None else _cutoff_ms(args.older_than),
     )
+
+
+def _cutoff_ms(age_s: float) -> int:
+    return int((time.time() - age_s) * 1000)
 
 
 def _redrive(args: argparse.Namespace) -> int:
@@ -264,7 +281,7 @@ def _drop(args: argparse.Namespace) -> int:
 
 
 def _trim(args: argparse.Namespace) -> int:
-    cutoff_ms = int((time.time() - args.older_than) * 1000)
+    cutoff_ms = _cutoff_ms(args.older_than)
     since = datetime.fromtimestamp(cutoff_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     async def work(stream: DeadLetterStream, _settings: Settings) -> int:

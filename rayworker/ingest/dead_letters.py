@@ -122,6 +122,8 @@ class DeadLetterFilter:
     tenant: str | None = None
     reason: str | None = None
     ids: frozenset[str] | None = None
+    before_ms: int | None = None
+    """Only records added before this time (milliseconds since the epoch, as in their ids)."""
 
     def __call__(self, letter: DeadLetter) -> bool:
         """Whether the record matches."""
@@ -129,6 +131,7 @@ class DeadLetterFilter:
             (self.tenant is None or letter.tenant == self.tenant)
             and (self.reason is None or letter.reason == self.reason)
             and (self.ids is None or letter.id in self.ids)
+            and (self.before_ms is None or _position(letter.id)[0] < self.before_ms)
         )
 
 
@@ -155,7 +158,8 @@ class DeadLetterStream:
 
     async def _candidates(self, matches: DeadLetterFilter) -> AsyncIterator[list[DeadLetter]]:
         if matches.ids is None:
-            async for page in self._pages("+"):
+            end = "+" if matches.before_ms is None else f"({matches.before_ms}-0"
+            async for page in self._pages(end):
                 yield page
             return
         # Known ids: read exactly those instead of the whole stream.

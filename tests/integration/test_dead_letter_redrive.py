@@ -201,6 +201,37 @@ def test_trim_deletes_records_older_than_the_age_only(
     assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 2
 
 
+def test_older_than_chooses_records_by_when_they_were_added(
+    streams: dict[str, str], live_redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list --older-than` shows only the records added before then, and `redrive
+    --older-than --tenant` moves only that tenant's old ones back to the input stream."""
+
+    async def old_then_new(client: aioredis.Redis) -> None:
+        # Ids are the time a record was added: the first two are from 1 ms after the epoch.
+        dead = streams["dead"]
+        await client.delete(dead)
+        for seq, tenant in enumerate(("t1", "t2")):
+            fields = {"reason": "late", "tenant": tenant, "payload": f'{{"o":"{tenant}"}}'}
+            await client.xadd(dead, fields, id=f"1-{seq + 1}")
+        for tenant in ("t1", "t2"):
+            await client.xadd(dead, {"reason": "late", "tenant": tenant, "payload": b"{}"})
+
+    _redis(live_redis_url, old_then_new)
+    capsys.readouterr()
+    assert main(["dead-letters", "list", "--older-than", "1d", "--json"]) == 0
+    assert [r["id"] for r in _json_lines(capsys.readouterr().out)] == ["1-1", "1-2"]
+
+    redrive = ["dead-letters", "redrive", "--older-than", "1d", "--tenant", "t2"]
+    assert main(redrive) == 0
+    moved = _redis(live_redis_url, lambda c: c.xrange(streams["input"]))
+    assert [fields[b"event"] for _, fields in moved] == [b'{"o":"t2"}']
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 3
+    assert main(["dead-letters", "drop", "--older-than", "1d"]) == 0
+    assert _redis(live_redis_url, lambda c: c.xlen(streams["dead"])) == 2
+    assert main(["dead-letters", "drop", "--all", "--older-than", "1d"]) == 2
+
+
 def test_trim_refuses_an_age_it_cannot_read(capsys: pytest.CaptureFixture[str]) -> None:
     """An age without a unit is a usage error that shows the accepted forms."""
     assert main(["dead-letters", "trim", "--older-than", "30"]) == 2
