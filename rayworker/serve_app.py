@@ -376,15 +376,18 @@ async def probe_failed_notifications(
             newest_reason=newest.reason,
             newest_tenant=newest.tenant,
             newest_receiver=newest.receiver,
+            newest_redrive_failures=newest.redrive_failures,
         )
     if status is Status.OK:
         message = f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
     else:
-        about = (
-            f" ({newest.reason}, tenant {newest.tenant}, receiver {newest.receiver})"
-            if newest is not None
-            else ""
-        )
+        about = ""
+        if newest is not None:
+            again = newest.redrive_failures
+            redriven = f", {again:,} re-drive{'' if again == 1 else 's'} failed" if again else ""
+            about = (
+                f" ({newest.reason}, tenant {newest.tenant}, receiver {newest.receiver}{redriven})"
+            )
         message = (
             f"{held}, the newest {age_s:,.0f} s ago{about}; "
             "see `rayworker failed-notifications stats`"

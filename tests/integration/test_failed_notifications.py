@@ -242,7 +242,7 @@ def test_a_record_that_fails_again_counts_its_failed_redrives_and_becomes_the_ne
 ) -> None:
     """Each failed re-drive adds one to the record's redrive_failures with its error and time,
     keeps the notifier's own error and failed_at, and moves it after the other records (under
-    the id the command printed), so health sees a fresh failure."""
+    the id the command printed), so health warns of a fresh failure and says it was re-driven."""
     receiver = http_receiver([503, 503, 500, 502])
     data = config_data(receiver.url, dead_letter)
     fail_to_deliver(parse_notify_config(data), [notification("org-1", 1), notification("org-2", 2)])
@@ -280,6 +280,10 @@ def test_a_record_that_fails_again_counts_its_failed_redrives_and_becomes_the_ne
             await store.close()
 
     assert asyncio.run(newest()) == twice["id"]
+    settings = load_settings(None, notify_path=config_file, source="jsonl")
+    health = asyncio.run(build_probes(settings)["failed_notifications"]())
+    assert health.status is Status.WARNING
+    assert "tenant org-1, receiver hook, 2 re-drives failed" in health.message
 
 
 def test_a_receiver_gone_from_the_config_keeps_the_record(
