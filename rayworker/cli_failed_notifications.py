@@ -4,10 +4,10 @@
 
     rayworker failed-notifications stats [--notify FILE] [--json]
     rayworker failed-notifications list [--notify FILE] [--tenant T] [--receiver R]
-                                        [--reason R] [--limit N] [--json]
+                                        [--reason R] [--older-than AGE] [--limit N] [--json]
     rayworker failed-notifications redrive [--notify FILE] (--id ID ... | --tenant T |
-                                           --receiver R | --reason R | --all) [--limit N]
-                                           [--dry-run]
+                                           --receiver R | --reason R | --older-than AGE |
+                                           --all) [--limit N] [--dry-run]
     rayworker failed-notifications drop [--notify FILE] (the same choices) [--dry-run]
     rayworker failed-notifications trim [--notify FILE] --older-than AGE [--dry-run]
 
