@@ -18,6 +18,7 @@ from rayworker.sinks.factory import sqlite_path
 
 __all__ = [
     "add_record_choice",
+    "add_trim",
     "age",
     "non_empty",
     "positive_int",
@@ -144,6 +145,26 @@ def add_record_choice(
             parser.error(f"--all means every record: give it no {named}")
 
     parser.set_defaults(check_args=check)
+
+
+def add_trim(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    source: argparse.ArgumentParser,
+    description: str,
+) -> argparse.ArgumentParser:
+    """The ``trim --older-than AGE [--dry-run]`` retention command of a dead-letter store, with
+    ``source``'s options (which store); the caller sets its handler."""
+    trim = commands.add_parser(
+        "trim",
+        parents=[source],
+        help="delete records older than an age (retention)",
+        description=description,
+    )
+    trim.add_argument(
+        "--older-than", type=age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
+    )
+    trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
+    return trim
 
 
 def utc_second(text: str) -> str:

@@ -41,6 +41,7 @@ from rich.table import Table
 
 from rayworker.cli_common import (
     add_record_choice,
+    add_trim,
     age,
     non_empty,
     positive_int,
@@ -126,16 +127,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     redrive.set_defaults(handler=_redrive)
     drop.set_defaults(handler=_drop)
 
-    trim = sub.add_parser(
-        "trim",
-        parents=[config],
-        help="delete records older than an age (retention)",
-        description="Delete every record added to the dead-letter stream before AGE ago.",
+    trim = add_trim(
+        sub, config, "Delete every record added to the dead-letter stream before AGE ago."
     )
-    trim.add_argument(
-        "--older-than", type=age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
-    )
-    trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
     trim.set_defaults(handler=_trim)
 
 

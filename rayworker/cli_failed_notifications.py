@@ -44,6 +44,7 @@ from rich.table import Table
 
 from rayworker.cli_common import (
     add_record_choice,
+    add_trim,
     age,
     non_empty,
     positive_int,
@@ -141,19 +142,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     again.set_defaults(handler=_redrive)
     drop.set_defaults(handler=_drop)
 
-    trim = sub.add_parser(
-        "trim",
-        parents=[source],
-        help="delete records older than an age (retention)",
-        description=(
-            "Delete every record that failed more than AGE ago, whatever its tenant or "
-            "receiver (the same as `drop --older-than AGE`)."
-        ),
+    trim = add_trim(
+        sub,
+        source,
+        "Delete every record that failed more than AGE ago, whatever its tenant or receiver "
+        "(the same as `drop --older-than AGE`).",
     )
-    trim.add_argument(
-        "--older-than", type=age, required=True, metavar="AGE", help="e.g. 30d, 12h or 90m"
-    )
-    trim.add_argument("--dry-run", action="store_true", help="count them; delete nothing")
     trim.set_defaults(handler=_drop, tenant=None, receiver=None, reason=None, ids=None, limit=None)
 
 

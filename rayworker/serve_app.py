@@ -338,15 +338,19 @@ async def probe_dead_letters(settings: Settings) -> ComponentHealth:
     detail.update(newest_id=rid, newest_age_s=round(age_s, 1), newest_reason=reason)
     status = grade_dead_letters(age_s, settings.health)
     held = f"{int(length):,} dead letter{'' if int(length) == 1 else 's'}"
-    if status is Status.OK:
-        message = f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
-    else:
-        who = f", tenant {tenant}" if tenant else ""
-        message = (
-            f"{held}, the newest {age_s:,.0f} s ago ({reason}{who}); "
-            "see `rayworker dead-letters stats`"
-        )
+    who = f", tenant {tenant}" if tenant else ""
+    message = _held_message(settings, status, held, age_s, f" ({reason}{who})", "dead-letters")
     return ComponentHealth("dead_letters", status, message, detail)
+
+
+def _held_message(
+    settings: Settings, status: Status, held: str, age_s: float, about: str, command: str
+) -> str:
+    """A dead-letter store's health message: OK says nothing arrived lately; otherwise how long
+    ago the newest arrived, what it was (``about``), and the command that shows them."""
+    if status is Status.OK:
+        return f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
+    return f"{held}, the newest {age_s:,.0f} s ago{about}; see `rayworker {command} stats`"
 
 
 async def probe_failed_notifications(
@@ -378,20 +382,12 @@ async def probe_failed_notifications(
             newest_receiver=newest.receiver,
             newest_redrive_failures=newest.redrive_failures,
         )
-    if status is Status.OK:
-        message = f"{held}, none in the last {settings.health.dead_letter_recent_s:g} s"
-    else:
-        about = ""
-        if newest is not None:
-            again = newest.redrive_failures
-            redriven = f", {again:,} re-drive{'' if again == 1 else 's'} failed" if again else ""
-            about = (
-                f" ({newest.reason}, tenant {newest.tenant}, receiver {newest.receiver}{redriven})"
-            )
-        message = (
-            f"{held}, the newest {age_s:,.0f} s ago{about}; "
-            "see `rayworker failed-notifications stats`"
-        )
+    about = ""
+    if newest is not None:
+        again = newest.redrive_failures
+        redriven = f", {again:,} re-drive{'' if again == 1 else 's'} failed" if again else ""
+        about = f" ({newest.reason}, tenant {newest.tenant}, receiver {newest.receiver}{redriven})"
+    message = _held_message(settings, status, held, age_s, about, "failed-notifications")
     return ComponentHealth("failed_notifications", status, message, detail)
 
 

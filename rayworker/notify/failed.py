@@ -471,10 +471,8 @@ class FailedFile:
         """Rewrite the file without those records (atomically, under the writers' lock)."""
         if not ids:
             return 0
-        return await asyncio.to_thread(self._remove, frozenset(ids))
-
-    def _remove(self, ids: frozenset[str]) -> int:
-        return self._rewrite(ids, [])[0]
+        removed, _ = await asyncio.to_thread(self._rewrite, frozenset(ids), ())
+        return removed
 
     async def settle(
         self, delivered: Sequence[str], failed_again: Sequence[FailedNotification]
