@@ -316,7 +316,8 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
     shard_stats = await pipeline.shard_stats()
     console.print(
         f"done: {stats.events:,} events in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s); "
-        "events per shard: " + ", ".join(f"{s['events']:,}" for s in shard_stats)
+        "event copies per shard (an event goes to each shard owning one of its keys): "
+        + ", ".join(f"{s['events']:,}" for s in shard_stats)
     )
     if dead_letters.written:
         console.print(f"{dead_letters.written:,} rejected or late events in {dead_letters.path}")
