@@ -51,6 +51,7 @@ from rayworker.cli_common import (
     safe_text,
     store_settings,
     terminal,
+    utc_when,
 )
 from rayworker.errors import SinkError
 from rayworker.settings import Settings, redact_dsn
@@ -278,10 +279,6 @@ def _with_store(args: argparse.Namespace, work: Callable[[AlertStore], Awaitable
     return asyncio.run(run())
 
 
-def _when(at: datetime | None) -> str:
-    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _group(group: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in group.items())
 
@@ -371,8 +368,8 @@ def _print_list(rows: list[StoredAlert], args: argparse.Namespace) -> None:
             r.status,
             safe_text(_group(r.group)),
             f"{r.occurrences:,}",
-            _when(r.first_seen),
-            _when(r.last_seen),
+            utc_when(r.first_seen),
+            utc_when(r.last_seen),
         )
     console.print(table)
 
@@ -407,21 +404,21 @@ def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
         ("description", row.description),
         ("group", _group(row.group)),
         ("occurrences", f"{row.occurrences:,} (count {row.count:,})"),
-        ("first seen", _when(row.first_seen)),
-        ("last seen", _when(row.last_seen)),
+        ("first seen", utc_when(row.first_seen)),
+        ("last seen", utc_when(row.last_seen)),
         ("fingerprint", row.fingerprint),
         ("source", row.source),
         ("tags", ", ".join(row.tags)),
         ("metadata", json.dumps(row.metadata)),
         ("evidence window", json.dumps(row.evidence_window)),
         ("trace id", row.trace_id or "-"),
-        ("created", _when(row.created_at)),
-        ("updated", _when(row.updated_at)),
+        ("created", utc_when(row.created_at)),
+        ("updated", utc_when(row.updated_at)),
     ]
     if row.acknowledged:
-        plain.append(("acknowledged", f"{_when(row.acknowledged_at)} by {row.acknowledged_by}"))
+        plain.append(("acknowledged", f"{utc_when(row.acknowledged_at)} by {row.acknowledged_by}"))
     if row.resolved:
-        plain.append((row.status, f"{_when(row.resolved_at)} by {row.resolved_by}"))
+        plain.append((row.status, f"{utc_when(row.resolved_at)} by {row.resolved_by}"))
         plain.append(("notes", row.resolution_notes or "-"))
     for name, value in plain:
         fields.add_row(name, safe_text(value))
@@ -437,7 +434,7 @@ def _print_alert(row: StoredAlert, history: list[Transition]) -> None:
         lifecycle.add_column(name, overflow="fold")
     for t in history:
         lifecycle.add_row(
-            _when(t.at), t.from_status, t.to_status, safe_text(t.by), safe_text(t.note or "")
+            utc_when(t.at), t.from_status, t.to_status, safe_text(t.by), safe_text(t.note or "")
         )
     console.print(lifecycle)
 

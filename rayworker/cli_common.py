@@ -179,6 +179,11 @@ def utc_second(text: str) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def utc_when(at: datetime | None) -> str:
+    """A stored time for a table cell: UTC to the second, ``-`` when there is none."""
+    return "-" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def terminal() -> Console:
     """A console that neither highlights nor re-wraps what it prints."""
     return Console(highlight=False, soft_wrap=False)

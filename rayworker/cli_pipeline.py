@@ -25,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from rayworker.cli_common import utc_when
 from rayworker.errors import ConfigError, InputError
 from rayworker.settings import Settings, load_settings
 from rayworker.sinks.factory import open_alert_store
@@ -313,6 +314,9 @@ async def _demo_async(settings: Settings, args: argparse.Namespace) -> int:
             dead_letters.close()
         state["stats"] = stats
         live.update(await _demo_view(settings, stats, len(lines)))
+    if not console.is_terminal:
+        # Live leaves its last frame without a newline when it writes to a file or a pipe.
+        console.line()
     shard_stats = await pipeline.shard_stats()
     console.print(
         f"done: {stats.events:,} events in {stats.elapsed_s:.1f} s ({stats.rate:,.0f}/s); "
@@ -346,7 +350,7 @@ async def _demo_view(settings: Settings, stats: Any, total: int) -> Group:
         alerts.add_column(column)
     for row in await _latest_alerts(settings, 12):
         alerts.add_row(
-            row.tenant_id, row.rule_id, row.severity, str(row.occurrences), str(row.first_seen)
+            row.tenant_id, row.rule_id, row.severity, str(row.occurrences), utc_when(row.first_seen)
         )
     return Group(counts, alerts)
 
