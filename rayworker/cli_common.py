@@ -147,6 +147,19 @@ def add_record_choice(
     parser.set_defaults(check_args=check)
 
 
+def add_listing(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    parents: Sequence[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """The ``list [--limit N]`` command of a dead-letter store (oldest first), with ``parents``'
+    options (which store, which records, ``--json``); the caller sets its handler."""
+    listing = commands.add_parser("list", parents=list(parents), help="the records, oldest first")
+    listing.add_argument(
+        "--limit", type=positive_int, default=50, help="at most this many (default 50)"
+    )
+    return listing
+
+
 def add_trim(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     source: argparse.ArgumentParser,

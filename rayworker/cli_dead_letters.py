@@ -40,11 +40,11 @@ import redis.asyncio as aioredis
 from rich.table import Table
 
 from rayworker.cli_common import (
+    add_listing,
     add_record_choice,
     add_trim,
     age,
     non_empty,
-    positive_int,
     safe_text,
     terminal,
     utc_second,
@@ -89,13 +89,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     stats.set_defaults(handler=_stats)
 
-    listing = sub.add_parser(
-        "list", parents=[config, chosen, as_json], help="the records, oldest first"
-    )
-    listing.add_argument(
-        "--limit", type=positive_int, default=50, help="at most this many (default 50)"
-    )
-    listing.set_defaults(handler=_list)
+    add_listing(sub, [config, chosen, as_json]).set_defaults(handler=_list)
 
     redrive = sub.add_parser(
         "redrive",
