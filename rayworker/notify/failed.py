@@ -95,18 +95,21 @@ class FailedNotification:
     def failed_at(self) -> float | None:
         """When delivery gave up (epoch seconds): the record's ``failed_at``, else when the store
         took it, else None."""
-        try:
-            return epoch_s(datetime.fromisoformat(str(self.record["failed_at"])))
-        except (KeyError, ValueError):
-            return self.added_at
+        at = self._time("failed_at")
+        return self.added_at if at is None else at
 
     @property
     def last_failed_at(self) -> float | None:
         """When it last failed (epoch seconds): its last failed re-drive, else :attr:`failed_at`."""
+        at = self._time("last_failed_at")
+        return self.failed_at if at is None else at
+
+    def _time(self, key: str) -> float | None:
+        """The record's timestamp ``key`` in epoch seconds; None when missing or unreadable."""
         try:
-            return epoch_s(datetime.fromisoformat(str(self.record["last_failed_at"])))
+            return epoch_s(datetime.fromisoformat(str(self.record[key])))
         except (KeyError, ValueError):
-            return self.failed_at
+            return None
 
     @property
     def redrive_failures(self) -> int:
